@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Extras the test suite needs. torch comes pinned through the `apps` extra.
+TEST_EXTRAS ?= dev,apps
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(TEST_EXTRAS))
+comma  := ,
+
+.PHONY: test lint venv demo bench-core clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (SAIR needs Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first and pinned: anything unpinned would pull the CUDA build.
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[$(TEST_EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check sair_ray serve_apps cuda_tb tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sair_ray serve_apps cuda_tb tests benchmarks
+
+bench-core: $(STAMP)
+	$(PY) benchmarks/bench_core.py
+
+demo: $(STAMP)
+	$(VENV)/bin/sair demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,232 @@
+"""The SAIR loop (SPEC 1): one `tick(now)` per decision round, backend-agnostic.
+
+observe -> reward the previous action -> remember -> retrieve -> probe or ask the policy
+-> validate -> act -> log. Time comes from the caller, so the same code runs in virtual
+time on the simulator (`run_virtual`) and in real time on Ray Serve. Baselines run
+through this same loop with learning switched off, so every comparison shares it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from sair_ray.backends.base import Backend
+from sair_ray.bottleneck import analyse
+from sair_ray.config import SAIRConfig
+from sair_ray.cost import CostModel
+from sair_ray.decision_log import DecisionLog
+from sair_ray.embedding import phi
+from sair_ray.exploration import EpsilonSchedule, probe
+from sair_ray.memory import ExperienceMemory
+from sair_ray.pareto import BucketedFrontiers
+from sair_ray.policy.base import Policy, PolicyReply, PolicyRequest
+from sair_ray.retrieval import Retriever
+from sair_ray.reward import Outcome, RewardModel, capacity_added
+from sair_ray.types import Action, Context, Decision, Experience
+from sair_ray.validator import Cooldowns, Validator
+
+log = logging.getLogger(__name__)
+
+HISTORY = 10  # earlier contexts handed to policies that keep no state of their own
+
+
+@dataclass
+class _Pending:
+    """The previous round, waiting for its outcome to be rewarded."""
+
+    round: int
+    context: Context
+    phi: np.ndarray
+    action: Action
+
+
+@dataclass
+class Counters:
+    rounds: int = 0
+    probes: int = 0
+    policy_calls: int = 0
+    policy_failures: int = 0
+    noops: int = 0
+    clamped: int = 0
+    stored: int = 0
+    rewards: list[float] = field(default_factory=list)
+
+
+class _PerfClock(Protocol):
+    def __call__(self) -> float: ...
+
+
+class Controller:
+    def __init__(self, backend: Backend, policy: Policy, cfg: SAIRConfig, *,
+                 memory: ExperienceMemory | None = None, log_path: str | None = None,
+                 explore: bool = True, learn: bool = True,
+                 perf_clock: _PerfClock = time.perf_counter) -> None:
+        self.backend = backend
+        self.policy = policy
+        self.cfg = cfg
+        self.pipeline = backend.pipeline
+        self.memory = memory
+        self.explore = explore
+        self.learn = learn and memory is not None
+        self.rng = np.random.default_rng(cfg.seed)
+        self.costs = CostModel(self.pipeline, cfg.cost)
+        self.c_max = self.costs.max_rate(cfg.validator)
+        self.reward_model = RewardModel(cfg.reward, sla_ms=self.pipeline.sla_ms, c_max=self.c_max)
+        self.validator = Validator(self.pipeline, cfg.validator)
+        self.epsilon = EpsilonSchedule(cfg.exploration)
+        self.retriever = Retriever(memory, cfg.retrieval, self.rng) if memory is not None else None
+        self.log = DecisionLog(log_path)
+        self.counters = Counters()
+        self.lambda_ref = 1.0
+        self.last_action_at: float | None = None
+        self.history: list[Context] = []
+        self._pending: _Pending | None = None
+        self._perf = perf_clock
+
+    # -- one round ----------------------------------------------------------------------
+    def tick(self, now: float) -> Decision:
+        t: dict[str, float] = {}
+        c = self.counters
+        round_no = c.rounds
+        c.rounds += 1
+
+        start = now - self.cfg.loop.decision_interval_s
+        if self.last_action_at is not None:
+            start = max(start, min(self.last_action_at + self.cfg.loop.settle_s, now))
+        s = self._perf()
+        ctx = self.backend.observe(start, now)
+        effective = self.cfg.reward.cost_model == "effective"
+        ctx = replace(ctx, cost_rate=self.costs.rate(ctx.allocation, effective=effective))
+        self.lambda_ref = max(self.lambda_ref, ctx.arrival_rate)
+        phi_t = phi(ctx, self.pipeline, self.cfg.validator, lambda_ref=self.lambda_ref,
+                    c_max=self.c_max)
+        t["observe"] = self._ms(s)
+
+        s = self._perf()
+        if self._pending is not None:
+            self._reward_previous(ctx)
+        t["reward"] = self._ms(s)
+
+        prev_ctx = self.history[-1] if self.history else None
+        report = analyse(ctx, self.pipeline, prev_ctx)
+
+        s = self._perf()
+        episodes = self.retriever.select(phi_t) if self.retriever is not None else []
+        t["retrieve"] = self._ms(s)
+
+        decision = Decision(round=round_no, time=now, app=self.pipeline.name, source="",
+                            context=ctx.to_dict(), epsilon=self.epsilon.epsilon,
+                            bottleneck=report.to_dict(),
+                            retrieved=[e.summary() for e in episodes])
+        s = self._perf()
+        if self.explore and self.epsilon.draw(self.rng):
+            c.probes += 1
+            decision.source = "probe"
+            decision.proposal = probe(self.pipeline, ctx.allocation, self.cfg.validator,
+                                      self.rng)
+            decision.rationale = "forced exploration probe"
+        else:
+            reply = self._ask_policy(PolicyRequest(
+                now=now, context=ctx, pipeline=self.pipeline,
+                free=self.backend.free_resources(), bottleneck=report, episodes=episodes,
+                history=tuple(self.history)))
+            decision.source = f"policy:{self.policy.name}"
+            decision.proposal, decision.rationale = reply.proposal, reply.rationale
+            decision.raw_reply, decision.error = reply.raw, reply.error
+        t["decide"] = self._ms(s)
+
+        s = self._perf()
+        validated = self.validator.validate(decision.proposal, ctx.allocation, now=now,
+                                            free=self.backend.free_resources())
+        decision.action = validated.action.to_dict()
+        decision.clamps = [cl.to_dict() for cl in validated.clamps]
+        c.clamped += bool(validated.clamps)
+        if validated.action.is_noop:
+            c.noops += 1
+        else:
+            self.backend.apply(validated.targets, now)
+            self.validator.commit(validated.action, now)
+            self.last_action_at = now
+        t["act"] = self._ms(s)
+        decision.timings_ms = t
+
+        self._pending = _Pending(round_no, ctx, phi_t, validated.action)
+        self.history = (self.history + [ctx])[-HISTORY:]
+        self.log.write("decision", decision.to_dict())
+        return decision
+
+    def _ask_policy(self, request: PolicyRequest) -> PolicyReply:
+        self.counters.policy_calls += 1
+        try:
+            reply = self.policy.decide(request)
+        except Exception as e:  # a failing policy is a no-op round, never a crash
+            log.warning("policy %s failed: %r; no-op this round", self.policy.name, e)
+            reply = PolicyReply(proposal=None, error=f"policy failed: {e!r}")
+        if reply.error:
+            self.counters.policy_failures += 1
+        return reply
+
+    def _reward_previous(self, ctx: Context) -> None:
+        p = self._pending
+        assert p is not None
+        # l_{t-1}, c_{t-1}: what the round that chose the action saw before acting.
+        rb = self.reward_model.compute(
+            Outcome(ctx.p99_ms, ctx.cost_rate, ctx.arrival_rate),
+            Outcome(p.context.p99_ms, p.context.cost_rate, p.context.arrival_rate),
+            v_prev=p.context.violation,
+            up_sum=capacity_added(p.action, self.cfg.validator),
+            n_stages=len(self.pipeline.stages))
+        self.counters.rewards.append(rb.total)
+        stored = False
+        if self.learn and self.memory is not None:
+            exp = Experience(id=uuid.uuid4().hex, time=p.context.time, app=self.pipeline.name,
+                             phi=p.phi.tolist(), context=p.context.to_dict(),
+                             action=p.action.to_dict(), reward=rb.total,
+                             latency_ms=ctx.p99_ms, cost_rate=ctx.cost_rate)
+            stored = self.memory.remember(exp, self.cfg.reward)
+            self.counters.stored += stored
+        self.log.write("reward", {"round": p.round, "reward": {**rb.to_dict(), "stored": stored}})
+
+    def _ms(self, start: float) -> float:
+        return round((self._perf() - start) * 1000, 3)
+
+    # -- persistence of what is not in memory -------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"round": self.counters.rounds, "epsilon": self.epsilon.epsilon,
+                "lambda_ref": self.lambda_ref, "last_action_at": self.last_action_at,
+                "frontiers": self.reward_model.frontiers.state(),
+                "cooldowns": self.validator.cooldowns.to_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.counters.rounds = int(state["round"])
+        self.epsilon.epsilon = float(state["epsilon"])
+        self.lambda_ref = float(state["lambda_ref"])
+        self.last_action_at = state["last_action_at"]
+        self.reward_model.frontiers = BucketedFrontiers.from_state(state["frontiers"])
+        self.validator.cooldowns = Cooldowns.from_dict(state["cooldowns"])
+
+    def close(self) -> None:
+        self.log.close()
+
+
+class _Advancing(Protocol):
+    def advance_to(self, t: float) -> None: ...
+
+
+def run_virtual(controller: Controller, backend: _Advancing, *, until: float,
+                start: float = 0.0) -> list[Decision]:
+    """Drive a controller in virtual time: advance the backend, tick, repeat."""
+    step = controller.cfg.loop.decision_interval_s
+    out = []
+    now = start + step
+    while now <= until + 1e-9:
+        backend.advance_to(now)
+        out.append(controller.tick(now))
+        now += step
+    return out

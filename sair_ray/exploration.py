@@ -1,0 +1,59 @@
+"""Forced exploration (SPEC 5): epsilon-greedy probes with a decaying epsilon.
+
+A probe picks one stage uniformly, one of its action dimensions uniformly, and one
+non-zero step of that dimension uniformly, and is expressed as an absolute-target
+proposal so it goes through the validator like any other action. The step grid per
+dimension is {-max, -max/2, +max/2, +max} of the validator's per-step maximum (replicas:
+{-2, -1, +1, +2} with the defaults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sair_ray.config import ExplorationConfig, ValidatorConfig
+from sair_ray.types import PipelineSpec, StageAllocation
+
+
+@dataclass
+class EpsilonSchedule:
+    cfg: ExplorationConfig
+    epsilon: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.epsilon < 0:
+            self.epsilon = self.cfg.epsilon_0
+
+    def draw(self, rng: np.random.Generator) -> bool:
+        """True if this round probes. Decays epsilon either way (one call per round)."""
+        probe = bool(rng.random() < self.epsilon)
+        self.epsilon = max(self.cfg.epsilon_min, self.epsilon * self.cfg.epsilon_decay)
+        return probe
+
+
+def step_grid(dim: str, v: ValidatorConfig) -> list[float]:
+    if dim == "replicas":
+        return [float(s) for s in range(-v.max_replica_step, v.max_replica_step + 1) if s]
+    top = {"cpu_m": v.max_cpu_step_m, "mem_mb": v.max_mem_step_mb, "rate": v.max_rate_step}[dim]
+    return [-top, -top / 2, top / 2, top]
+
+
+def probe(pipeline: PipelineSpec, current: Mapping[str, StageAllocation], v: ValidatorConfig,
+          rng: np.random.Generator) -> dict[str, Any]:
+    stage = pipeline.stages[int(rng.integers(len(pipeline.stages)))]
+    dims = ["replicas", "rate"] if stage.is_gpu else ["replicas", "cpu_m", "mem_mb"]
+    dim = dims[int(rng.integers(len(dims)))]
+    grid = step_grid(dim, v)
+    step = grid[int(rng.integers(len(grid)))]
+    cur = current[stage.name]
+    if dim == "replicas":
+        return {stage.name: {"action": "scale_replicas", "replicas": cur.replicas + int(step)}}
+    if dim == "rate":
+        return {stage.name: {"action": "adjust_rate", "rate_ratio": round(cur.rate + step, 6)}}
+    field = "cpu_millicores" if dim == "cpu_m" else "memory_mb"
+    return {stage.name: {"action": "scale_resources",
+                         field: int(getattr(cur, dim) + step)}}

@@ -1,0 +1,40 @@
+"""The Policy protocol shared by SAIR's LLM policy and every baseline.
+
+A policy proposes *absolute targets* in the JSON shape of SPEC 6, e.g.
+``{"preprocess": {"action": "scale_replicas", "replicas": 3}}``; the validator turns that
+into a safe delta. Policies never actuate anything themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from sair_ray.types import ClusterResources, Context, PipelineSpec
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    now: float
+    context: Context
+    pipeline: PipelineSpec
+    free: ClusterResources
+    bottleneck: Any = None                         # bottleneck.BottleneckReport
+    episodes: Sequence[Any] = field(default_factory=tuple)  # retrieval.Retrieved, curriculum order
+    history: Sequence[Context] = field(default_factory=tuple)  # earlier contexts, oldest first
+
+
+@dataclass(frozen=True)
+class PolicyReply:
+    proposal: Any                  # JSON-ish absolute targets; anything, the validator copes
+    rationale: str = ""
+    raw: str = ""                  # the unparsed reply (LLM policies)
+    error: str = ""                # why the reply is a no-op, if it is one
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def decide(self, request: PolicyRequest) -> PolicyReply: ...

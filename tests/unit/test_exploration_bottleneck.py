@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import numpy as np
+
+from sair_ray.bottleneck import analyse
+from sair_ray.config import SAIRConfig
+from sair_ray.exploration import EpsilonSchedule, probe, step_grid
+from sair_ray.validator import Validator
+from tests.factories import context, pipeline
+
+CFG = SAIRConfig()
+
+
+def test_epsilon_decays_to_its_floor():
+    s = EpsilonSchedule(CFG.exploration)
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(100):
+        seen.append(s.epsilon)
+        s.draw(rng)
+    assert seen[0] == 0.15 and np.isclose(seen[1], 0.15 * 0.95)
+    assert s.epsilon == 0.05 and min(seen) == 0.05
+
+
+def test_probe_rate_follows_epsilon():
+    rng = np.random.default_rng(1)
+    cfg = CFG.replace(**{"exploration.epsilon_decay": 1.0, "exploration.epsilon_0": 0.3})
+    s = EpsilonSchedule(cfg.exploration)
+    hits = sum(s.draw(rng) for _ in range(4000))
+    assert 0.27 < hits / 4000 < 0.33
+
+
+def test_probes_move_one_dimension_of_one_stage_by_a_grid_step():
+    p = pipeline()
+    cur = p.initial_allocation()
+    rng = np.random.default_rng(2)
+    seen = set()
+    val = Validator(p, CFG.validator)
+    for _ in range(300):
+        prop = probe(p, cur, CFG.validator, rng)
+        ((stage, entry),) = prop.items()
+        fields = [k for k in entry if k != "action"]
+        assert len(fields) == 1
+        seen.add((stage, fields[0]))
+        attr = {"replicas": "replicas", "cpu_millicores": "cpu_m", "memory_mb": "mem_mb",
+                "rate_ratio": "rate"}[fields[0]]
+        step = entry[fields[0]] - getattr(cur[stage], attr)
+        dim = {"cpu_m": "cpu_m", "mem_mb": "mem_mb", "rate": "rate"}.get(attr, "replicas")
+        assert any(np.isclose(step, g) for g in step_grid(dim, CFG.validator))
+        val.validate(prop, cur, now=0, free=p.cluster)
+    assert ("inference", "rate_ratio") in seen and ("preprocess", "memory_mb") in seen
+    assert ("inference", "cpu_millicores") not in seen
+
+
+def test_single_bottleneck_is_named():
+    p = pipeline()
+    ctx = context(p, util={"preprocess": 0.97, "inference": 0.4, "postprocess": 0.2},
+                  queue={"preprocess": 60}, stage_p99={"preprocess": 300})
+    r = analyse(ctx, p)
+    assert r.label == "preprocess" and r.stages == ("preprocess",)
+
+
+def test_migrating_bottleneck_and_queue_growth():
+    p = pipeline()
+    before = context(p, time=0, util={"inference": 0.8}, queue={"inference": 5})
+    after = context(p, time=30, util={"inference": 0.8}, queue={"inference": 200},
+                    stage_p99={"inference": 400})
+    r = analyse(after, p, before)
+    assert r.label == "inference"
+    assert next(s for s in r.symptoms if s.stage == "inference").growth > 0.05
+
+
+def test_multiple_and_none():
+    p = pipeline()
+    both = context(p, util={"preprocess": 1.2, "inference": 1.2},
+                   queue={"preprocess": 100, "inference": 100},
+                   stage_p99={"preprocess": 200, "inference": 200})
+    r = analyse(both, p)
+    assert r.label == "multiple" and set(r.stages) == {"preprocess", "inference"}
+    calm = context(p, p99=100, util={"preprocess": 0.3, "inference": 0.3, "postprocess": 0.3})
+    assert analyse(calm, p).label == "none"
+    slow = context(p, p99=900, util={"preprocess": 0.3, "inference": 0.3, "postprocess": 0.3},
+                   stage_p99={"postprocess": 700})
+    assert analyse(slow, p).label == "postprocess"

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128
+LINK_BATCH = 256  # rows linked per matrix product (256 x 100 000 float32 = 100 MB)
 
 
 class MemoryStoreError(RuntimeError):
@@ -194,6 +195,7 @@ class ExperienceMemory:
         self._seg_ends: list[int] = []
         self._pending: list[dict[str, Any]] = []  # journal rows, oldest first
         self._ids: set[str] = set()
+        self._linked = 0  # rows [0, _linked) are in the neighbour graph
         self._index: faiss.Index = faiss.IndexFlatL2(dim)
         self._load()
         self._journal = _Journal(self.path / "journal.jsonl", self.cfg.fsync)
@@ -301,17 +303,15 @@ class ExperienceMemory:
         if n:
             self._index.add(x)
         self._nbr[:n], self._nd2[:n] = -1, np.inf
-        k = min(self.loo_k + 1, n)
-        if n < 2:
-            return
-        for lo in range(0, n, 8192):
-            hi = min(n, lo + 8192)
-            d2, idx = self._index.search(x[lo:hi], k)
-            for row, (dd, ii) in enumerate(zip(d2, idx, strict=True)):
-                me = lo + row
-                keep = (ii != me) & (ii >= 0)
-                dd, ii = dd[keep][: self.loo_k], ii[keep][: self.loo_k]
-                self._nbr[me, : len(ii)], self._nd2[me, : len(ii)] = ii, dd
+        # All-pairs neighbours through FAISS (BLAS-backed, exact for the flat index); the
+        # batched linking of `_link_pending` is for the few rows added between reads.
+        for lo in range(0, n, 16384):
+            hi = min(n, lo + 16384)
+            dd, ii = self._index.search(x[lo:hi], min(self.loo_k + 1, n))
+            skip = (ii == np.arange(lo, hi)[:, None]) | (ii < 0)
+            self._keep_nearest(np.arange(lo, hi), np.where(skip, 0, ii),
+                               np.where(skip, np.inf, dd), replace_=True)
+        self._linked = n
 
     # -- adding --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -339,7 +339,6 @@ class ExperienceMemory:
         self._ids.add(exp.id)
         self._pending.append(row)
         self._grow(self._n + 1)
-        self._link(phi)
         self._put(phi, exp.reward)
         if self._n == self.cfg.index_exact_max + 1:
             log.info("memory %s: %d entries, switching FAISS to HNSW", self.path, self._n)
@@ -349,36 +348,127 @@ class ExperienceMemory:
         if len(self._pending) >= self.cfg.segment_rows:
             self.flush_segment()
 
-    def _link(self, phi: np.ndarray) -> None:
-        """Enter the new vector (row self._n) into the neighbour graph."""
-        n, k = self._n, self.loo_k
-        if n == 0:
+    def add_many(self, exps: Sequence[Experience]) -> None:
+        """Bulk import (migration, benchmarks): one new segment, then one index rebuild."""
+        if not exps:
             return
+        self.flush_segment()
+        seen = set()
+        for e in exps:
+            if e.id in self._ids or e.id in seen:
+                raise ValueError(f"experience {e.id!r} is already in memory")
+            seen.add(e.id)
+        t = pa.Table.from_pylist([_row(e) for e in exps], schema=schema(self.dim))
+        if not np.all(np.isfinite(np.asarray(t.column("phi").combine_chunks().flatten()))):
+            raise ValueError("add_many: every phi must be finite")
+        self._write_segment(t)
+        self._ids |= seen
+        self._append_table(t)
+        self._rebuild_index()
+
+    def _link_pending(self) -> None:
+        """Bring rows added since the last call into the neighbour graph, in batches.
+
+        Linking is deferred to the next read of the graph so that bursts of adds share
+        one matrix product per batch instead of one pass over the memory per add.
+        """
+        n, k = self._n, self.loo_k
+        for lo in range(self._linked, n, LINK_BATCH):
+            hi = min(n, lo + LINK_BATCH)
+            rows = np.arange(lo, hi)
+            if self.exact:
+                self._link_exact(lo, hi)
+                continue
+            # HNSW: the batch's own lists from a search restricted to rows before the
+            # batch's end (later batches reach this one through their reverse update, so no
+            # pair enters twice); reverse update only for the rows found, as approximate
+            # as HNSW itself.
+            dd, ii = self._index.search(self._vec[lo:hi], min(k + 1, hi), params=self._upto(hi))
+            skip = (ii == rows[:, None]) | (ii < 0)
+            self._keep_nearest(rows, np.where(skip, 0, ii), np.where(skip, np.inf, dd),
+                               replace_=True)
+            found = (~skip) & (ii < lo)
+            found &= dd < self._nd2[np.where(found, ii, 0), k - 1]
+            b_idx, c_idx = np.nonzero(found)
+            if len(b_idx):
+                self._merge(ii[b_idx, c_idx], lo + b_idx, dd[b_idx, c_idx])
+        self._linked = n
+
+    def _link_exact(self, lo: int, hi: int) -> None:
+        """Exact lists for rows [lo, hi) among rows [0, hi), and the reverse update.
+
+        One float32 matrix product gives the batch's squared distances to every earlier
+        row. Instead of a top-k over each whole row, candidates are pruned with a
+        triangle-inequality bound: with y the nearest already-linked row and r_y its k-th
+        neighbour distance, y and its k neighbours all lie within d(x, y) + r_y of x, so
+        x's k-th neighbour does too.
+        """
+        k, new = self.loo_k, self._vec[lo:hi]
+        d2 = self._sq[lo:hi, None] + self._sq[None, :hi] - 2.0 * (new @ self._vec[:hi].T)
+        np.maximum(d2, 0, out=d2)
+        d2[np.arange(hi - lo), np.arange(lo, hi)] = np.inf
+        bound = np.full(hi - lo, np.inf, dtype=np.float32)
+        if lo:
+            y = np.argmin(d2[:, :lo], axis=1)
+            r_y = self._nd2[y, k - 1]
+            bound = (np.sqrt(d2[np.arange(hi - lo), y]) + np.sqrt(r_y)) ** 2 * (1 + 1e-5)
+        b_idx, c_idx = np.nonzero(d2 <= bound[:, None])
+        self._nbr[lo:hi], self._nd2[lo:hi] = -1, np.inf
+        self._merge(lo + b_idx, c_idx, d2[b_idx, c_idx])
+        if lo:
+            b_idx, rows = np.nonzero(d2[:, :lo] < self._nd2[None, :lo, k - 1])
+            if len(b_idx):
+                self._merge(rows, lo + b_idx, d2[b_idx, rows])
+
+    def _upto(self, hi: int) -> faiss.SearchParameters:
+        sel = faiss.IDSelectorRange(0, hi)
         if self.exact:
-            d2 = self._sq[:n] - 2.0 * (self._vec[:n] @ phi) + float(phi @ phi)
-            np.maximum(d2, 0, out=d2)
-            cand = np.arange(n)
-        else:
-            dd, ii = self._index.search(phi[None, :], min(4 * k, n))
-            keep = ii[0] >= 0
-            cand, d2 = ii[0][keep], dd[0][keep]
-        order = np.argsort(d2, kind="stable")[:k]
-        self._nbr[n, : len(order)], self._nd2[n, : len(order)] = cand[order], d2[order]
-        # Reverse update: lists whose farthest entry is farther than the new vector.
-        hit = d2 < self._nd2[cand, k - 1]
-        rows, dist = cand[hit], d2[hit]
-        if len(rows):
-            ids = np.concatenate([self._nbr[rows], np.full((len(rows), 1), n)], axis=1)
-            ds = np.concatenate([self._nd2[rows], dist[:, None]], axis=1)
-            o = np.argsort(ds, axis=1, kind="stable")[:, :k]
-            self._nbr[rows] = np.take_along_axis(ids, o, axis=1)
-            self._nd2[rows] = np.take_along_axis(ds, o, axis=1)
+            return faiss.SearchParameters(sel=sel)
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=HNSW_EF_SEARCH)
+
+    def _merge(self, rows: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> None:
+        """Merge candidate (row -> id at distance) pairs into the rows' lists."""
+        order = np.argsort(rows, kind="stable")
+        rows, ids, dist = rows[order], ids[order], dist[order]
+        uniq, start, count = np.unique(rows, return_index=True, return_counts=True)
+        pos = np.arange(len(rows)) - np.repeat(start, count)
+        slot = np.repeat(np.arange(len(uniq)), count)
+        ci = np.full((len(uniq), int(count.max())), -1, dtype=np.int64)
+        cd = np.full((len(uniq), int(count.max())), np.inf, dtype=np.float32)
+        ci[slot, pos], cd[slot, pos] = ids, dist
+        self._keep_nearest(uniq, ci, cd, replace_=False)
+
+    def _keep_nearest(self, rows: np.ndarray, cand: np.ndarray, d2: np.ndarray, *,
+                      replace_: bool) -> None:
+        """Set (or merge into) each row's list the k nearest of its candidates."""
+        k = self.loo_k
+        if not replace_:
+            cand = np.concatenate([self._nbr[rows], cand], axis=1)
+            d2 = np.concatenate([self._nd2[rows], d2], axis=1)
+        if d2.shape[1] > k:
+            part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+            d2, cand = np.take_along_axis(d2, part, 1), np.take_along_axis(cand, part, 1)
+        order = np.argsort(d2, axis=1, kind="stable")
+        d2, cand = np.take_along_axis(d2, order, 1), np.take_along_axis(cand, order, 1)
+        cand = np.where(np.isfinite(d2), cand, -1)
+        width = cand.shape[1]
+        self._nbr[rows, :width], self._nd2[rows, :width] = cand, d2
+        if width < k:
+            self._nbr[rows, width:], self._nd2[rows, width:] = -1, np.inf
 
     def flush_segment(self) -> None:
         """Compact the journal into a new immutable Parquet segment."""
         if not self._pending:
             return
         t = pa.Table.from_pylist(self._pending, schema=schema(self.dim))
+        self._write_segment(t)
+        self._journal.reset()
+        n0 = self._n - len(self._pending)
+        self._segments.append(t)
+        self._seg_ends.append(n0 + t.num_rows)
+        self._pending = []
+
+    def _write_segment(self, t: pa.Table) -> None:
         seg_dir = self.path / "segments"
         num = len(list(seg_dir.glob("seg-*.parquet"))) + 1
         final = seg_dir / f"seg-{num:08d}.parquet"
@@ -391,11 +481,6 @@ class ExperienceMemory:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(seg_dir)
-        self._journal.reset()
-        n0 = self._n - len(self._pending)
-        self._segments.append(t)
-        self._seg_ends.append(n0 + t.num_rows)
-        self._pending = []
 
     # -- reading -------------------------------------------------------------------------
     @property
@@ -417,6 +502,7 @@ class ExperienceMemory:
 
     def neighbours(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each row's `loo_k` nearest other rows (-1 padded) and their squared distances."""
+        self._link_pending()
         return self._nbr[rows], self._nd2[rows]
 
     def get(self, row: int) -> Experience:
@@ -452,6 +538,3 @@ class ExperienceMemory:
         os.replace(src, dst)
         return dst
 
-
-def experiences_from(rows: Sequence[dict[str, Any]]) -> list[Experience]:
-    return [_experience(r) for r in rows]

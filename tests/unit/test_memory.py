@@ -192,3 +192,19 @@ def test_killed_writer_loses_no_acknowledged_experience(tmp_path):
             stored = {e.id for e in m.iter_experiences()}
             assert set(acked) <= stored
             assert len(m) == len(stored)
+
+
+def test_batched_linking_across_batches_is_exact_without_duplicates(tmp_path):
+    rng = np.random.default_rng(11)
+    with open_mem(tmp_path) as m:
+        for i in range(300):
+            m.add(exp(i, phi=rng.random(DIM).tolist()))
+        m.neighbours(np.arange(5))  # link the first 300 now, the rest later in 2 batches
+        for i in range(300, 900):
+            m.add(exp(i, phi=rng.random(DIM).tolist()))
+        nbr, nd2 = m.neighbours(np.arange(900))
+        brute = brute_neighbours(m.vectors.astype(np.float64), 3)
+        for i in range(900):
+            assert len(set(nbr[i].tolist())) == 3 and i not in nbr[i]
+            assert set(nbr[i].tolist()) <= brute[i]
+            assert np.all(np.diff(nd2[i]) >= 0)

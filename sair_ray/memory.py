@@ -26,13 +26,14 @@ maintained from HNSW searches, as approximate as the index itself.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,18 @@ def _experience(r: dict[str, Any]) -> Experience:
     return Experience(id=r["id"], time=r["time"], app=r["app"], phi=r["phi"],
                       context=json.loads(r["context"]), action=json.loads(r["action"]),
                       reward=r["reward"], latency_ms=r["latency_ms"], cost_rate=r["cost_rate"])
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run a one-query FAISS call on one thread: on a small machine, OpenMP workers
+    spinning against BLAS threads made a 100 000-row search 5-10x slower (measured)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -191,6 +204,7 @@ class ExperienceMemory:
         self._rew = np.zeros(1024, dtype=np.float64)
         self._nbr = np.full((1024, self.loo_k), -1, dtype=np.int64)
         self._nd2 = np.full((1024, self.loo_k), np.inf, dtype=np.float32)
+        self._ver = np.zeros(1024, dtype=np.int64)  # row i's list is exact over rows < _ver[i]
         self._segments: list[pa.Table] = []
         self._seg_ends: list[int] = []
         self._pending: list[dict[str, Any]] = []  # journal rows, oldest first
@@ -286,6 +300,7 @@ class ExperienceMemory:
         self._vec, self._sq, self._rew = grown(self._vec, 0), grown(self._sq, 0), grown(
             self._rew, 0)
         self._nbr, self._nd2 = grown(self._nbr, -1), grown(self._nd2, np.inf)
+        self._ver = grown(self._ver, 0)
 
     @property
     def exact(self) -> bool:
@@ -308,9 +323,9 @@ class ExperienceMemory:
         for lo in range(0, n, 16384):
             hi = min(n, lo + 16384)
             dd, ii = self._index.search(x[lo:hi], min(self.loo_k + 1, n))
-            skip = (ii == np.arange(lo, hi)[:, None]) | (ii < 0)
-            self._keep_nearest(np.arange(lo, hi), np.where(skip, 0, ii),
-                               np.where(skip, np.inf, dd), replace_=True)
+            b_idx, c_idx = np.nonzero((ii != np.arange(lo, hi)[:, None]) & (ii >= 0))
+            self._set_lists(lo + b_idx, ii[b_idx, c_idx], dd[b_idx, c_idx])
+        self._ver[:n] = n
         self._linked = n
 
     # -- adding --------------------------------------------------------------------------
@@ -367,58 +382,51 @@ class ExperienceMemory:
         self._rebuild_index()
 
     def _link_pending(self) -> None:
-        """Bring rows added since the last call into the neighbour graph, in batches.
+        """Give rows added since the last read their own neighbour lists, in batches.
 
-        Linking is deferred to the next read of the graph so that bursts of adds share
-        one matrix product per batch instead of one pass over the memory per add.
+        A new row's list is exact over the rows before it (FAISS brute-force k-NN, BLAS
+        backed). Older rows learn about newer ones lazily, in `_refresh`, when a query
+        reads their list: an insertion then costs one k-NN search instead of a pass that
+        updates every list it would enter.
         """
         n, k = self._n, self.loo_k
         for lo in range(self._linked, n, LINK_BATCH):
             hi = min(n, lo + LINK_BATCH)
-            rows = np.arange(lo, hi)
+            new = self._vec[lo:hi]
+            kk = min(k + 1, hi)
             if self.exact:
-                self._link_exact(lo, hi)
-                continue
-            # HNSW: the batch's own lists from a search restricted to rows before the
-            # batch's end (later batches reach this one through their reverse update, so no
-            # pair enters twice); reverse update only for the rows found, as approximate
-            # as HNSW itself.
-            dd, ii = self._index.search(self._vec[lo:hi], min(k + 1, hi), params=self._upto(hi))
-            skip = (ii == rows[:, None]) | (ii < 0)
-            self._keep_nearest(rows, np.where(skip, 0, ii), np.where(skip, np.inf, dd),
-                               replace_=True)
-            found = (~skip) & (ii < lo)
-            found &= dd < self._nd2[np.where(found, ii, 0), k - 1]
-            b_idx, c_idx = np.nonzero(found)
-            if len(b_idx):
-                self._merge(ii[b_idx, c_idx], lo + b_idx, dd[b_idx, c_idx])
+                dd, ii = faiss.knn(new, self._vec[:hi], kk)
+            else:  # HNSW restricted to rows before the batch's end
+                dd, ii = self._index.search(new, kk, params=self._upto(hi))
+            b_idx, c_idx = np.nonzero((ii != np.arange(lo, hi)[:, None]) & (ii >= 0))
+            self._set_lists(lo + b_idx, ii[b_idx, c_idx], dd[b_idx, c_idx])
+            self._ver[lo:hi] = hi
+            if not self.exact:
+                # Beyond the exact limit, older lists learn only from the rows found here:
+                # as approximate as HNSW itself, and no refresh pass over the whole memory.
+                rows, dist = ii[b_idx, c_idx], dd[b_idx, c_idx]
+                old = (rows < lo) & (dist < self._nd2[rows, k - 1])
+                if old.any():
+                    self._merge(rows[old], (lo + b_idx)[old], dist[old])
+                self._ver[:hi] = np.maximum(self._ver[:hi], hi)
         self._linked = n
 
-    def _link_exact(self, lo: int, hi: int) -> None:
-        """Exact lists for rows [lo, hi) among rows [0, hi), and the reverse update.
-
-        One float32 matrix product gives the batch's squared distances to every earlier
-        row. Instead of a top-k over each whole row, candidates are pruned with a
-        triangle-inequality bound: with y the nearest already-linked row and r_y its k-th
-        neighbour distance, y and its k neighbours all lie within d(x, y) + r_y of x, so
-        x's k-th neighbour does too.
-        """
-        k, new = self.loo_k, self._vec[lo:hi]
-        d2 = self._sq[lo:hi, None] + self._sq[None, :hi] - 2.0 * (new @ self._vec[:hi].T)
-        np.maximum(d2, 0, out=d2)
-        d2[np.arange(hi - lo), np.arange(lo, hi)] = np.inf
-        bound = np.full(hi - lo, np.inf, dtype=np.float32)
-        if lo:
-            y = np.argmin(d2[:, :lo], axis=1)
-            r_y = self._nd2[y, k - 1]
-            bound = (np.sqrt(d2[np.arange(hi - lo), y]) + np.sqrt(r_y)) ** 2 * (1 + 1e-5)
-        b_idx, c_idx = np.nonzero(d2 <= bound[:, None])
-        self._nbr[lo:hi], self._nd2[lo:hi] = -1, np.inf
-        self._merge(lo + b_idx, c_idx, d2[b_idx, c_idx])
-        if lo:
-            b_idx, rows = np.nonzero(d2[:, :lo] < self._nd2[None, :lo, k - 1])
-            if len(b_idx):
-                self._merge(rows, lo + b_idx, d2[b_idx, rows])
+    def _refresh(self, rows: np.ndarray) -> None:
+        """Bring the lists of `rows` up to date with every row added after them (exact)."""
+        n, k = self._n, self.loo_k
+        stale = rows[self._ver[rows] < n]
+        if not len(stale):
+            return
+        start = int(self._ver[stale].min())
+        q = self._vec[stale]
+        d2 = self._sq[stale, None] + self._sq[None, start:n] - 2.0 * (q @ self._vec[start:n].T)
+        cols = np.arange(start, n)
+        hit = (d2 < self._nd2[stale, k - 1][:, None]) & (cols[None, :] >= self._ver[stale, None])
+        hit &= cols[None, :] != stale[:, None]
+        r_idx, c_idx = np.nonzero(hit)
+        if len(r_idx):
+            self._merge(stale[r_idx], cols[c_idx], np.maximum(d2[r_idx, c_idx], 0))
+        self._ver[stale] = n
 
     def _upto(self, hi: int) -> faiss.SearchParameters:
         sel = faiss.IDSelectorRange(0, hi)
@@ -427,34 +435,27 @@ class ExperienceMemory:
         return faiss.SearchParametersHNSW(sel=sel, efSearch=HNSW_EF_SEARCH)
 
     def _merge(self, rows: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> None:
-        """Merge candidate (row -> id at distance) pairs into the rows' lists."""
-        order = np.argsort(rows, kind="stable")
+        """Merge candidate pairs (row -> id at squared distance) into the rows' lists."""
+        uniq = np.unique(rows)
+        valid = self._nbr[uniq] >= 0
+        old_rows = np.repeat(uniq, valid.sum(axis=1))
+        self._set_lists(np.concatenate([old_rows, rows]),
+                        np.concatenate([self._nbr[uniq][valid], ids]),
+                        np.concatenate([self._nd2[uniq][valid], dist]))
+
+    def _set_lists(self, rows: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> None:
+        """Each row's list becomes the k nearest of its candidate pairs (rows not named
+        keep theirs). Pairs are sorted once by (row, distance): no padded matrices, which
+        matters when a few rows have thousands of candidates."""
+        k = self.loo_k
+        order = np.lexsort((ids, dist, rows))
         rows, ids, dist = rows[order], ids[order], dist[order]
         uniq, start, count = np.unique(rows, return_index=True, return_counts=True)
-        pos = np.arange(len(rows)) - np.repeat(start, count)
-        slot = np.repeat(np.arange(len(uniq)), count)
-        ci = np.full((len(uniq), int(count.max())), -1, dtype=np.int64)
-        cd = np.full((len(uniq), int(count.max())), np.inf, dtype=np.float32)
-        ci[slot, pos], cd[slot, pos] = ids, dist
-        self._keep_nearest(uniq, ci, cd, replace_=False)
-
-    def _keep_nearest(self, rows: np.ndarray, cand: np.ndarray, d2: np.ndarray, *,
-                      replace_: bool) -> None:
-        """Set (or merge into) each row's list the k nearest of its candidates."""
-        k = self.loo_k
-        if not replace_:
-            cand = np.concatenate([self._nbr[rows], cand], axis=1)
-            d2 = np.concatenate([self._nd2[rows], d2], axis=1)
-        if d2.shape[1] > k:
-            part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-            d2, cand = np.take_along_axis(d2, part, 1), np.take_along_axis(cand, part, 1)
-        order = np.argsort(d2, axis=1, kind="stable")
-        d2, cand = np.take_along_axis(d2, order, 1), np.take_along_axis(cand, order, 1)
-        cand = np.where(np.isfinite(d2), cand, -1)
-        width = cand.shape[1]
-        self._nbr[rows, :width], self._nd2[rows, :width] = cand, d2
-        if width < k:
-            self._nbr[rows, width:], self._nd2[rows, width:] = -1, np.inf
+        rank = np.arange(len(rows)) - np.repeat(start, count)
+        keep = (rank < k) & np.isfinite(dist)
+        self._nbr[uniq], self._nd2[uniq] = -1, np.inf
+        self._nbr[rows[keep], rank[keep]] = ids[keep]
+        self._nd2[rows[keep], rank[keep]] = dist[keep]
 
     def flush_segment(self) -> None:
         """Compact the journal into a new immutable Parquet segment."""
@@ -496,13 +497,16 @@ class ExperienceMemory:
         k = min(k, self._n)
         if k == 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
-        d2, idx = self._index.search(np.asarray(q, dtype=np.float32)[None, :], k)
+        with _single_threaded():
+            d2, idx = self._index.search(np.asarray(q, dtype=np.float32)[None, :], k)
         keep = idx[0] >= 0
         return d2[0][keep], idx[0][keep]
 
     def neighbours(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each row's `loo_k` nearest other rows (-1 padded) and their squared distances."""
         self._link_pending()
+        if self.exact:
+            self._refresh(np.unique(np.asarray(rows, dtype=np.int64)))
         return self._nbr[rows], self._nd2[rows]
 
     def get(self, row: int) -> Experience:

@@ -1,0 +1,119 @@
+"""The `sair` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from sair_ray import __version__
+from sair_ray.config import ConfigError, SAIRConfig, iter_options
+
+app = typer.Typer(help="SAIR: an LLM in-context-RL autoscaler for multi-stage ML pipelines "
+                       "on Ray Serve.", no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Inspect and check SAIR configuration files.",
+                         no_args_is_help=True)
+memory_app = typer.Typer(help="Inspect and manage an experience memory directory.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(memory_app, name="memory")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
+                                                help="YAML config file (default: SPEC "
+                                                     "defaults).")]
+
+
+def _load(path: Path | None) -> SAIRConfig:
+    try:
+        return SAIRConfig.from_yaml(path) if path else SAIRConfig()
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the sair-ray version."""
+    out.print(__version__)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective configuration (defaults merged with --config) as YAML."""
+    out.print(yaml.safe_dump(_load(config).to_dict(), sort_keys=False), end="")
+
+
+@config_app.command("validate")
+def config_validate(path: Path) -> None:
+    """Check a config file; exit 2 with the offending key if it is invalid."""
+    _load(path)
+    out.print(f"[green]ok[/green] {path}")
+
+
+@config_app.command("options")
+def config_options(markdown: Annotated[bool, typer.Option(
+        help="Print a Markdown table (the docs' configuration reference).")] = False) -> None:
+    """List every option with its default, allowed values and meaning."""
+    rows = list(iter_options())
+    if markdown:
+        print("| key | default | allowed | meaning |\n|---|---|---|---|")
+        for key, default, allowed, help_ in rows:
+            print(f"| `{key}` | `{default!r}` | {allowed} | {help_} |")
+        return
+    t = Table("key", "default", "allowed", "meaning")
+    for key, default, allowed, help_ in rows:
+        t.add_row(key, repr(default), allowed, help_)
+    out.print(t)
+
+
+@memory_app.command("stats")
+def memory_stats(path: Path, dim: Annotated[int, typer.Option(
+        help="phi dimension of the pipeline (7 x stages + 3).")]) -> None:
+    """Load a memory directory and print its size and reward distribution."""
+    from sair_ray.memory import ExperienceMemory, MemoryStoreError
+
+    try:
+        with ExperienceMemory(path, dim) as m:
+            r = m.rewards
+            stats = {"experiences": len(m), "exact_index": m.exact}
+            if len(m):
+                stats |= {"reward_min": float(r.min()), "reward_mean": float(r.mean()),
+                          "reward_max": float(r.max())}
+    except MemoryStoreError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    out.print_json(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                               for k, v in stats.items()}))
+
+
+@memory_app.command("quarantine")
+def memory_quarantine(path: Path) -> None:
+    """Move a (corrupt) memory directory aside so SAIR starts with a fresh one."""
+    from sair_ray.memory import ExperienceMemory
+
+    if not path.is_dir():
+        err.print(f"[red]error:[/red] {path} is not a directory")
+        raise typer.Exit(2)
+    moved = ExperienceMemory.quarantine(path)
+    out.print(f"moved {path} -> {moved}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check sair_ray serve_apps cuda_tb tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sair_ray serve_apps cuda_tb tests benchmarks
+	$(VENV)/bin/ruff check .
 
 bench-core: $(STAMP)
 	$(PY) benchmarks/bench_core.py

@@ -173,11 +173,6 @@ class _Journal:
         _fsync_dir(self.path.parent)
         self._f = open(self.path, "ab")  # noqa: SIM115
 
-    def truncate(self, length: int) -> None:
-        self._f.truncate(length)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
     def close(self) -> None:
         self._f.close()
 

@@ -59,14 +59,15 @@ class ParetoFrontier:
             return ParetoVerdict(True, 0.0, float(min(1.0, d.min())))
         return ParetoVerdict(False, self._contribution(x, y, i), 0.0)
 
-    def _contribution(self, x: float, y: float, left: int) -> float:
-        # Points z dominates form the run [lo, hi): x' >= x and y' >= y. Points left of the
-        # run have y' > y; the first point right of it has y' < y (the frontier is a staircase).
-        lo = left + 1 if left >= 0 and self._x[left] < x else max(left, 0)
-        if left >= 0 and self._x[left] == x:
-            lo = left  # same x, higher cost: dominated by z
+    def _dominated_run(self, x: float, y: float, left: int) -> tuple[int, int]:
+        """[lo, hi): the frontier points a non-dominated z = (x, y) dominates (x' >= x and
+        y' >= y). Points before the run have y' > y; the first point after it has y' < y."""
+        lo = left if left >= 0 and self._x[left] == x else left + 1
         hi = int(np.searchsorted(-self._y, -y, side="right"))  # first index with y' < y
-        hi = max(hi, lo)
+        return lo, max(hi, lo)
+
+    def _contribution(self, x: float, y: float, left: int) -> float:
+        lo, hi = self._dominated_run(x, y, left)
         right_x = self._x[hi] if hi < len(self._x) else REF
         before = 0.0
         start = lo - 1 if lo >= 1 else None
@@ -86,8 +87,7 @@ class ParetoFrontier:
         i = self._left_index(x)
         if i >= 0 and self._y[i] <= y:
             return False  # dominated, or already on the frontier
-        lo = i + 1 if i >= 0 and self._x[i] < x else max(i, 0)
-        hi = max(int(np.searchsorted(-self._y, -y, side="right")), lo)
+        lo, hi = self._dominated_run(x, y, i)
         self._x = np.concatenate([self._x[:lo], [x], self._x[hi:]])
         self._y = np.concatenate([self._y[:lo], [y], self._y[hi:]])
         return True

@@ -33,8 +33,10 @@ lint: $(STAMP)
 bench-core: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
+# The live demo (Ray Serve app + load + SAIR) lands with issue 5; until then say so plainly.
 demo: $(STAMP)
-	$(VENV)/bin/sair demo
+	@echo "make demo: not available yet -- the CPU-only live demo arrives with issue 5 (see README, Status)." >&2
+	@exit 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

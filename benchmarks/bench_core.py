@@ -118,8 +118,9 @@ def main() -> None:
     print("\n| stored | retrieve p50 | retrieve p99 | add (amortised) | reopen | bulk load |")
     print("|---:|---:|---:|---:|---:|---:|")
     for m in results["memory"]:
+        reopen = f"{m['reopen_s']:.1f} s" if "reopen_s" in m else "not run"
         print(f"| {m['n']:,} | {m['retrieve_p50_ms']:.2f} ms | {m['retrieve_p99_ms']:.2f} ms "
-              f"| {m['add_amortised_ms']:.3f} ms | {m.get('reopen_s', float('nan')):.1f} s "
+              f"| {m['add_amortised_ms']:.3f} ms | {reopen} "
               f"| {m['bulk_load_s']:.0f} s |")
     r = results["reward"]
     print(f"\nreward with a {r['frontier']:,}-point frontier: p50 {r['reward_p50_ms']:.3f} ms, "

@@ -1,0 +1,302 @@
+"""Control socket, Python client, robustness of the host process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import cuda_tb
+from cuda_tb import (
+    ShimClient,
+    ShimCommandError,
+    ShimConnectionError,
+    ShimTimeoutError,
+    find_sockets,
+    runtime_env,
+    socket_path,
+)
+from tests.shim.conftest import BLOCKS_PER_WINDOW, Tools, throttled_env, wait_for_socket
+
+pytestmark = pytest.mark.integration
+
+
+def raw(path: Path, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        s.connect(str(path))
+        s.sendall(payload)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+
+def test_socket_is_private_answers_and_disappears(tools: Tools, sock_dir: Path) -> None:
+    template = cuda_tb.socket_template(sock_dir)
+    proc = tools.start("--duration", "1.0", **throttled_env(1.0, CUDA_TB_SOCKET=template))
+    path = socket_path(sock_dir, proc.pid)
+    try:
+        wait_for_socket(path, proc)
+        mode = os.stat(path).st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o600
+        assert find_sockets(sock_dir) == {proc.pid: path}
+        client = ShimClient.for_pid(sock_dir, proc.pid)
+        client.ping()
+        stats = client.stats()
+        assert stats["pid"] == proc.pid
+        assert stats["rate"] == 1.0
+        assert stats["blocks_per_window"] == BLOCKS_PER_WINDOW
+        assert stats["window_ns"] == 10_000_000
+        assert stats["real_libcuda"].endswith("libcuda.so.1")
+        for key in ("launches", "throttled_launches", "wait_ns", "tokens", "gpu_active_ns",
+                    "gpu_idle_ns", "uptime_ns", "utilization"):
+            assert key in stats
+        client.set_rate(0.5)
+        assert client.get_rate() == 0.5
+        client.set_blocks_per_window(20_000)
+        client.set_graph_tokens(123)
+        stats = client.stats()
+        assert stats["blocks_per_window"] == 20_000
+        assert stats["calibration"] == "socket"
+        assert stats["graph_tokens"] == 123
+    finally:
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+    assert not path.exists(), "the shim should remove its socket at exit"
+
+
+def test_bad_commands_get_err_and_do_not_hurt(tools: Tools, sock_dir: Path) -> None:
+    sock = str(sock_dir / "fixed.sock")  # no %p: a fixed path works too
+    proc = tools.start("--duration", "1.0", **throttled_env(1.0, CUDA_TB_SOCKET=sock))
+    path = Path(sock)
+    try:
+        wait_for_socket(path, proc)
+        client = ShimClient(path)
+        for bad in ["FOO", "SET rate 5", "SET rate 0.05", "SET rate abc", "SET rate nan",
+                    "SET rate", "SET rate 0.5 0.6", "GET", "GET nothing",
+                    "SET blocks_per_window 0", "SET blocks_per_window -1",
+                    "SET graph_tokens x", ""]:
+            with pytest.raises(ShimCommandError):
+                client.command(bad)
+        # Several lines in one packet, CRLF line ends, a line that never ends.
+        assert raw(path, b"PING\r\nPING\n").startswith(b"OK\n")
+        assert raw(path, b"x" * 5000).startswith(b"ERR line too long")
+        # Binary garbage.
+        assert raw(path, bytes(range(1, 256)).replace(b"\n", b"") + b"\n").startswith(b"ERR")
+        # Client-side validation happens before anything is sent.
+        with pytest.raises(ValueError):
+            client.set_rate(1.5)
+        with pytest.raises(ValueError):
+            client.set_blocks_per_window(0)
+        assert client.get_rate() == 1.0  # nothing above changed it
+        client.ping()
+    finally:
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+    result = proc.stdout.read()
+    assert '"status":0' in result
+
+
+def _first_time_at_rate(times: list[int], blocks: list[int], after: int, want: float,
+                        span_ns: int = 10_000_000) -> int:
+    """Earliest launch time >= after from which the next span_ns saw >= want blocks."""
+    j = 0
+    for i, t in enumerate(times):
+        if t < after:
+            continue
+        j = max(j, i)
+        while j + 1 < len(times) and times[j + 1] <= t + span_ns:
+            j += 1
+        if blocks[j] - blocks[i] >= want:
+            return t
+    raise AssertionError("the new rate never showed")
+
+
+def test_rate_change_takes_effect_within_tens_of_ms(tools: Tools, sock_dir: Path) -> None:
+    timeline = sock_dir / "timeline.txt"
+    proc = tools.start(
+        "--duration", "1.2", "--timeline", str(timeline),
+        **throttled_env(0.1, CUDA_TB_SOCKET=cuda_tb.socket_template(sock_dir)),
+    )
+    path = socket_path(sock_dir, proc.pid)
+    wait_for_socket(path, proc)
+    client = ShimClient(path)
+    time.sleep(0.35)
+    t_up = time.monotonic_ns()
+    client.set_rate(1.0)
+    time.sleep(0.35)
+    t_down = time.monotonic_ns()
+    client.set_rate(0.25)
+    proc.wait(timeout=10)
+    assert proc.returncode == 0
+    rows = [line.split() for line in timeline.read_text().splitlines()]
+    times = [int(r[0]) for r in rows]
+    blocks = [int(r[1]) for r in rows]
+
+    # Up: the first 10 ms span after the command carrying >= 70 % of full speed.
+    up_ms = (_first_time_at_rate(times, blocks, t_up, 0.7 * BLOCKS_PER_WINDOW) - t_up) / 1e6
+    # Down: after the command, the bucket's last full window drains and the rate
+    # drops to r * B_W; find the last 10 ms span still running at >= 70 %.
+    last_fast = t_down
+    j = 0
+    for i, t in enumerate(times):
+        if t < t_down:
+            continue
+        j = max(j, i)
+        while j + 1 < len(times) and times[j + 1] <= t + 10_000_000:
+            j += 1
+        if blocks[j] - blocks[i] >= 0.7 * BLOCKS_PER_WINDOW:
+            last_fast = t
+    down_ms = (last_fast - t_down) / 1e6
+    # Expected: up within one window (<= 10 ms); down after the current window plus
+    # the full bucket's one window of burst (<= 20 ms). 60 ms leaves room for a busy box.
+    assert up_ms < 60, f"rate increase took {up_ms:.1f} ms"
+    assert down_ms < 60, f"rate decrease took {down_ms:.1f} ms"
+    # And the new rate holds afterwards: 0.25 over [t_down + 50 ms, t_down + 250 ms].
+    lo, hi = t_down + 50_000_000, t_down + 250_000_000
+    seen = [b for t, b in zip(times, blocks, strict=True) if lo <= t <= hi]
+    assert seen, "no launches after the rate decrease"
+    rate = (seen[-1] - seen[0]) / ((hi - lo) / 1e9) / 1e6
+    assert 0.15 < rate < 0.35, f"after SET rate 0.25 the fake ran at {rate:.2f} of full speed"
+
+
+def test_fork_child_gets_its_own_socket(tools: Tools, sock_dir: Path) -> None:
+    results = tools.run_all(
+        "--fork", "--duration", "0.5", "--stats",
+        **throttled_env(0.5, CUDA_TB_SOCKET=cuda_tb.socket_template(sock_dir)),
+    )
+    assert len(results) == 2
+    pids = {r["pid"] for r in results}
+    assert len(pids) == 2
+    for r in results:
+        assert r["status"] == 0
+        shim = r["shim"]
+        assert shim is not None, "a process had no working socket"
+        assert shim["pid"] == r["pid"]
+        # Each process has its own bucket and counters.
+        assert shim["launches"] == r["launches"]
+        assert shim["socket"].endswith(f"cuda_tb-{r['pid']}.sock")
+    assert list(sock_dir.glob("*.sock")) == [], "sockets left behind"
+
+
+def test_stale_socket_file_is_replaced(tools: Tools, sock_dir: Path) -> None:
+    path = sock_dir / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()  # the file stays, nobody listens: what a killed process leaves
+    with pytest.raises(ShimConnectionError, match="stale"):
+        ShimClient(path).ping()
+    r = tools.run("--launches", "10", "--stats", **throttled_env(1.0, CUDA_TB_SOCKET=path))
+    assert r["shim"] is not None and r["shim"]["launches"] == 10
+
+
+def test_live_socket_is_not_stolen(tools: Tools, sock_dir: Path) -> None:
+    path = sock_dir / "taken.sock"
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    owner.bind(str(path))
+    owner.listen(1)
+    try:
+        proc = tools.run_raw("--launches", "10", **throttled_env(1.0, CUDA_TB_SOCKET=path))
+        assert proc.returncode == 0
+        assert '"launches":10,' in proc.stdout  # works, just without a socket
+        assert "cannot bind control socket" in proc.stderr
+        assert path.exists()
+    finally:
+        owner.close()
+
+
+def test_missing_real_libcuda_does_not_crash(tools: Tools) -> None:
+    # The program finds the shim's exported cuLaunchKernel, but there is no driver.
+    r = tools.run(
+        "--resolve", "default", "--launches", "5",
+        CUDA_TB_REAL_LIBCUDA="/nonexistent/libcuda.so.1", LD_LIBRARY_PATH="",
+    )
+    assert r["launches"] == 5
+    assert r["status"] == 3  # CUDA_ERROR_NOT_INITIALIZED
+    # The runtime's path: dlopen succeeds (the fake), the override points nowhere.
+    r = tools.run("--launches", "5", CUDA_TB_REAL_LIBCUDA="/nonexistent/libcuda.so.1")
+    assert r["status"] == 3 and r["launches"] == 0
+
+
+def test_dlsym_interposer_keeps_rtld_next_semantics(tools: Tools) -> None:
+    # dlsym(RTLD_NEXT, ...) depends on the caller's address; from the executable it
+    # must find the preloaded shim first, as without the interposer.
+    out = tools.run("--rtld-next-check")
+    assert out["loaded"] and out["next_is_default"]
+    assert out["next_owner"].endswith("libcuda_tb.so")
+
+
+def test_client_errors_are_clear(tmp_path: Path, sock_dir: Path) -> None:
+    with pytest.raises(ShimConnectionError, match="no cuda_tb control socket"):
+        ShimClient(sock_dir / "nope.sock").stats()
+    regular = sock_dir / "file.sock"
+    regular.write_text("")
+    with pytest.raises(ShimConnectionError, match="not a Unix socket"):
+        ShimClient(regular).stats()
+    # A listener that never answers.
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(sock_dir / "silent.sock"))
+    silent.listen(1)
+    try:
+        with pytest.raises(ShimTimeoutError):
+            ShimClient(sock_dir / "silent.sock", timeout=0.2).stats()
+    finally:
+        silent.close()
+    with pytest.raises(ValueError):
+        ShimClient(sock_dir / "x.sock", timeout=0)
+
+
+def test_runtime_env(sock_dir: Path) -> None:
+    target = sock_dir / "gpu"
+    env = runtime_env(str(target), rate=0.5, blocks_per_window=1234)["env_vars"]
+    assert Path(env["LD_PRELOAD"]).is_file()
+    assert env["LD_PRELOAD"].endswith("libcuda_tb.so")
+    assert env["CUDA_TB_SOCKET"] == f"{target}/cuda_tb-%p.sock"
+    assert env["CUDA_TB_RATE"] == "0.5"
+    assert env["CUDA_TB_BLOCKS_PER_WINDOW"] == "1234"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    # An existing (possibly shared) directory keeps its mode.
+    shared = sock_dir / "shared"
+    shared.mkdir(mode=0o755)
+    runtime_env(str(shared))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    with pytest.raises(ValueError, match="too long"):
+        runtime_env("/tmp/" + "d" * 120)
+    with pytest.raises(ValueError):
+        runtime_env(str(target), rate=0.05)
+
+
+def test_concurrent_clients(tools: Tools, sock_dir: Path) -> None:
+    template = cuda_tb.socket_template(sock_dir)
+    proc = tools.start("--duration", "1.0", **throttled_env(0.5, CUDA_TB_SOCKET=template))
+    path = socket_path(sock_dir, proc.pid)
+    errors: list[BaseException] = []
+    try:
+        wait_for_socket(path, proc)
+
+        def poll() -> None:
+            try:
+                c = ShimClient(path)
+                for _ in range(20):
+                    assert c.stats()["pid"] == proc.pid
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=poll) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        proc.wait(timeout=10)
+    assert not errors, errors

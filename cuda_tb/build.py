@@ -38,7 +38,8 @@ FAKE_NAME = "libcuda.so.1"  # the name the CUDA runtime dlopen()s
 LAUNCHER_NAME = "tb_launcher"
 
 SHIM_SOURCES = ("util.c", "hooks.c", "bucket.c", "control.c")
-SHIM_HEADERS = ("cuda_tb.h",)
+SHIM_HEADERS = ("cuda_tb.h", "cuda_abi.h")
+ABI_HEADER = "cuda_abi.h"  # also compiled into the test fakes
 
 CFLAGS = ("-O2", "-fPIC", "-Wall", "-Wextra", "-std=gnu11", "-pthread")
 # Only the driver entry points (and dlsym) are exported; everything else stays
@@ -216,7 +217,7 @@ def build_fake_libcuda(out_dir: str | os.PathLike[str] | None = None, *, force: 
         "fake",
         FAKE_NAME,
         [FAKE_DIR / "fake_libcuda.c"],
-        [],
+        [SRC_DIR / ABI_HEADER],
         FAKE_CFLAGS,
         FAKE_LDFLAGS,
         shared=True,
@@ -233,7 +234,7 @@ def build_launcher(out_dir: str | os.PathLike[str] | None = None, *, force: bool
         "launcher",
         LAUNCHER_NAME,
         [FAKE_DIR / "tb_launcher.c"],
-        [],
+        [SRC_DIR / ABI_HEADER],
         CFLAGS,
         (),
         shared=False,

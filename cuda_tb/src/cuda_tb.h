@@ -18,14 +18,7 @@
 #define TB_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
 /* ---- driver ABI ------------------------------------------------------- */
-typedef int CUresult;
-typedef int CUdevice;
-typedef unsigned long long cuuint64_t;
-typedef struct CUfunc_st *CUfunction;
-typedef struct CUstream_st *CUstream;
-typedef struct CUgraph_st *CUgraph;
-typedef struct CUgraphNode_st *CUgraphNode;
-typedef struct CUgraphExec_st *CUgraphExec;
+#include "cuda_abi.h"
 
 enum {
     CUDA_SUCCESS = 0,
@@ -43,15 +36,6 @@ enum { CU_GRAPH_NODE_TYPE_KERNEL = 0, CU_GRAPH_NODE_TYPE_GRAPH = 4 };
 
 /* Special stream handles (cuda.h: CU_STREAM_LEGACY, CU_STREAM_PER_THREAD). */
 #define TB_CU_STREAM_LEGACY ((CUstream)0x1)
-
-typedef struct {
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    CUstream hStream;
-    void *attrs;
-    unsigned int numAttrs;
-} CUlaunchConfig;
 
 /* Common prefix of CUDA_KERNEL_NODE_PARAMS (v1, v2 and v3): the grid sits at
  * the same offsets in every version, so the shim only reads this prefix out of

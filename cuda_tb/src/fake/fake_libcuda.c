@@ -33,35 +33,14 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-typedef int CUresult;
-typedef void *CUfunction;
-typedef void *CUstream;
-typedef unsigned long long cuuint64_t;
+#include "../cuda_abi.h"
 
 enum { OK = 0, INVALID_VALUE = 1, NOT_FOUND = 500 };
 
 #define CAPTURE_STREAM ((CUstream)0xCA97)
 
-typedef struct {
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    CUstream hStream;
-    void *attrs;
-    unsigned int numAttrs;
-} CUlaunchConfig;
 
-/* CUDA_KERNEL_NODE_PARAMS_v2 layout. */
-typedef struct {
-    CUfunction func;
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    void **kernelParams;
-    void **extra;
-    void *kern;
-    void *ctx;
-} kernel_node_params;
+typedef CUDA_KERNEL_NODE_PARAMS_v2 kernel_node_params;
 
 #define MAX_NODES 64
 struct fake_graph;

@@ -21,33 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef int CUresult;
-typedef void *CUfunction;
-typedef void *CUstream;
-typedef void *CUgraph;
-typedef void *CUgraphNode;
-typedef void *CUgraphExec;
-typedef unsigned long long cuuint64_t;
+#include "../cuda_abi.h"
 
-typedef struct {
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    CUstream hStream;
-    void *attrs;
-    unsigned int numAttrs;
-} CUlaunchConfig;
 
-typedef struct {
-    CUfunction func;
-    unsigned int gridDimX, gridDimY, gridDimZ;
-    unsigned int blockDimX, blockDimY, blockDimZ;
-    unsigned int sharedMemBytes;
-    void **kernelParams;
-    void **extra;
-    void *kern;
-    void *ctx;
-} kernel_node_params;
+typedef CUDA_KERNEL_NODE_PARAMS_v2 kernel_node_params;
 
 typedef CUresult (*gpa2_t)(const char *, void **, int, cuuint64_t, int *);
 typedef CUresult (*gpa1_t)(const char *, void **, int, cuuint64_t);

@@ -206,7 +206,11 @@ class ExperienceMemory:
         self._ids: set[str] = set()
         self._linked = 0  # rows [0, _linked) are in the neighbour graph
         self._index: faiss.Index = faiss.IndexFlatL2(dim)
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            self._lock.close()  # a refused memory must not stay locked by this process
+            raise
         self._journal = _Journal(self.path / "journal.jsonl", self.cfg.fsync)
 
     # -- loading -----------------------------------------------------------------------

@@ -68,6 +68,8 @@ def test_corruption_before_the_end_is_refused_with_advice(tmp_path):
     journal.write_bytes(b"".join(lines))
     with pytest.raises(MemoryStoreError, match="corrupt at line 2.*quarantine"):
         open_mem(tmp_path)
+    with pytest.raises(MemoryStoreError, match="corrupt"):  # refused again, not "in use"
+        open_mem(tmp_path)
     moved = ExperienceMemory.quarantine(tmp_path)
     assert moved.exists() and not tmp_path.exists()
 

@@ -76,12 +76,20 @@ def config_options(markdown: Annotated[bool, typer.Option(
 
 
 @memory_app.command("stats")
-def memory_stats(path: Path, dim: Annotated[int, typer.Option(
-        help="phi dimension of the pipeline (7 x stages + 3).")]) -> None:
+def memory_stats(path: Path, dim: Annotated[int | None, typer.Option(
+        help="phi dimension to expect (7 x stages + 3); default: what the memory holds.")]
+        = None) -> None:
     """Load a memory directory and print its size and reward distribution."""
     from sair_ray.memory import ExperienceMemory, MemoryStoreError
 
+    if not path.is_dir():
+        err.print(f"[red]error:[/red] {path} is not a memory directory")
+        raise typer.Exit(2)
     try:
+        dim = dim or ExperienceMemory.stored_dim(path)
+        if dim is None:
+            out.print_json(json.dumps({"experiences": 0}))
+            return
         with ExperienceMemory(path, dim) as m:
             r = m.rewards
             stats = {"experiences": len(m), "exact_index": m.exact}

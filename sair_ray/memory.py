@@ -534,6 +534,16 @@ class ExperienceMemory:
         self.close()
 
     @staticmethod
+    def stored_dim(path: str | Path) -> int | None:
+        """The phi dimension a memory directory was written with (None if it is empty)."""
+        p = Path(path)
+        for seg in sorted((p / "segments").glob("seg-*.parquet")):
+            typ = pq.read_schema(seg).field("phi").type
+            return int(typ.list_size)
+        rows, _ = _Journal.read(p / "journal.jsonl")
+        return len(rows[0]["phi"]) if rows else None
+
+    @staticmethod
     def quarantine(path: str | Path) -> Path:
         """Move a (corrupt) memory directory aside, keeping it for inspection."""
         src = Path(path)

@@ -43,6 +43,10 @@ def test_memory_commands(tmp_path):
                          reward=0.4, latency_ms=1, cost_rate=1))
     res = runner.invoke(app, ["memory", "stats", str(tmp_path / "m"), "--dim", "4"])
     assert res.exit_code == 0 and '"experiences": 1' in res.stdout
+    res = runner.invoke(app, ["memory", "stats", str(tmp_path / "m")])
+    assert res.exit_code == 0 and '"experiences": 1' in res.stdout
+    res = runner.invoke(app, ["memory", "stats", str(tmp_path / "nope")])
+    assert res.exit_code == 2
     res = runner.invoke(app, ["memory", "stats", str(tmp_path / "m"), "--dim", "5"])
     assert res.exit_code == 2 and "phi" in res.output
     res = runner.invoke(app, ["memory", "quarantine", str(tmp_path / "m")])

@@ -115,6 +115,71 @@ def memory_quarantine(path: Path) -> None:
     out.print(f"moved {path} -> {moved}")
 
 
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeated and/or comma-separated option values; None when not given."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def bench(
+    apps: Annotated[list[str] | None, typer.Option(
+        "--apps", help="App profiles, comma-separated or repeated (default: all).")] = None,
+    patterns: Annotated[list[str] | None, typer.Option(
+        "--patterns", help="poisson, ramp, burst (default: all).")] = None,
+    methods: Annotated[list[str] | None, typer.Option(
+        "--methods", help="Baselines (default: all).")] = None,
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..n-1).", min=1)] = 1,
+    hours: Annotated[float, typer.Option(help="Simulated duration of each run.")] = 1.0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
+        "runs/bench"),
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 2,
+) -> None:
+    """Run methods x apps x patterns x seeds on the simulator; write results.parquet and
+    results.md (means over seeds) to --out. Ctrl-C stops and keeps finished runs."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from sair_ray.bench import APPS, METHODS, PATTERNS, BenchError, build_grid, run_grid
+    from sair_ray.bench.report import to_markdown, write_outputs
+
+    try:
+        grid = build_grid(_names(apps) or APPS, _names(patterns) or PATTERNS,
+                          _names(methods) or METHODS, seeds, hours)
+    except BenchError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=err) as progress:
+        task = progress.add_task("bench", total=len(grid))
+
+        def advance(sc: object, row: object) -> None:
+            progress.advance(task)
+
+        res = run_grid(grid, workers=workers, on_result=advance)
+    if not res.rows:
+        err.print("[red]error:[/red] no run finished; nothing written")
+        raise typer.Exit(130 if res.interrupted else 1)
+    paths = write_outputs(res.rows, out_dir)
+    out.print(to_markdown(res.rows), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"{len(res.rows)}/{res.total} runs -> {paths['parquet']}, {paths['markdown']}")
+    for sc, e in res.failed:
+        err.print(f"[red]failed:[/red] {sc}: {e}")
+    if res.interrupted:
+        err.print(f"interrupted: kept {len(res.rows)} of {res.total} runs")
+        raise typer.Exit(130)
+    if res.failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -55,6 +55,7 @@ class Counters:
     noops: int = 0
     clamped: int = 0
     stored: int = 0
+    memory_failures: int = 0
     rewards: list[float] = field(default_factory=list)
 
 
@@ -189,7 +190,11 @@ class Controller:
                              phi=p.phi.tolist(), context=p.context.to_dict(),
                              action=p.action.to_dict(), reward=rb.total,
                              latency_ms=ctx.p99_ms, cost_rate=ctx.cost_rate)
-            stored = self.memory.remember(exp, self.cfg.reward)
+            try:
+                stored = self.memory.remember(exp, self.cfg.reward)
+            except (OSError, ValueError) as e:  # disk full, bad vector: the loop goes on
+                log.error("memory write failed, experience %s not stored: %r", exp.id, e)
+                self.counters.memory_failures += 1
             self.counters.stored += stored
         self.log.write("reward", {"round": p.round, "reward": {**rb.to_dict(), "stored": stored}})
 

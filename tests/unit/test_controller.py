@@ -149,3 +149,13 @@ def test_cost_rate_comes_from_the_cost_model():
     d = ctl.tick(30.0)
     expected = ctl.costs.rate(context(backend.pipeline).allocation, effective=True)
     assert np.isclose(d.context["cost_rate"], expected)
+
+
+def test_a_failing_memory_write_does_not_stop_the_loop(tmp_path):
+    backend = ScriptedBackend([900.0, 400.0, 380.0])
+    mem = ExperienceMemory(tmp_path / "m", 24)
+    mem._journal._f.close()  # the journal can no longer be written (as on a lost disk)
+    ctl = Controller(backend, AddPreprocessReplica(), no_explore(), memory=mem)
+    decisions = run_virtual(ctl, backend, until=90)
+    assert len(decisions) == 3 and ctl.counters.memory_failures >= 1
+    assert ctl.counters.stored == 0 and len(mem) == 0

@@ -3,7 +3,9 @@ seeds per app x pattern x method).
 
 Columns: app, pattern, seed, method, hours; p99_ms and p50_ms (end-to-end over the whole
 run, failures counted at k x SLA, to 1 %); sla_attainment = requests completed within the
-SLA / requests completed (drops are not in it: see the drops column); arrivals, completed,
+SLA / requests completed (drops are not in it: see the drops column); warmup_s and the
+steady-state p99_steady_ms, p50_steady_ms, sla_attainment_steady, drops_steady over
+[warmup_s, end); arrivals, completed,
 drops, errors; usd_per_1k_billable and usd_per_1k_effective ($ per 1 000 completed
 requests); replicas_mean (sum over stages of each stage's mean replica count, sampled at
 every round) and replicas_by_stage (JSON); rounds, actions (non-no-op rounds), wall_s.
@@ -20,7 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MEAN_COLUMNS = ("p99_ms", "p50_ms", "sla_attainment", "drops", "usd_per_1k_billable",
+MEAN_COLUMNS = ("p99_ms", "p50_ms", "sla_attainment", "drops", "p99_steady_ms",
+                "sla_attainment_steady", "drops_steady", "usd_per_1k_billable",
                 "usd_per_1k_effective", "replicas_mean", "wall_s")
 
 
@@ -48,13 +51,16 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     head = ("| app | pattern | method | seeds | p99 ms | p50 ms | SLA att. | drops | "
+            "steady p99 ms | steady SLA att. | steady drops | "
             "$/1k bill. | $/1k eff. | replicas | wall s |")
-    lines = [head, "|" + "---|" * 3 + "---:|" * 9]
+    lines = [head, "|" + "---|" * 3 + "---:|" * 12]
     for s in summarise(rows):
         lines.append(
             f"| {s['app']} | {s['pattern']} | {s['method']} | {s['seeds']} "
             f"| {s['p99_ms']:.0f} | {s['p50_ms']:.0f} | {s['sla_attainment']:.3f} "
-            f"| {s['drops']:.0f} | {s['usd_per_1k_billable']:.4f} "
+            f"| {s['drops']:.0f} | {s['p99_steady_ms']:.0f} "
+            f"| {s['sla_attainment_steady']:.3f} | {s['drops_steady']:.0f} "
+            f"| {s['usd_per_1k_billable']:.4f} "
             f"| {s['usd_per_1k_effective']:.4f} | {s['replicas_mean']:.2f} "
             f"| {s['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"

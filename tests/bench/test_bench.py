@@ -100,3 +100,12 @@ def test_bad_grid_arguments():
     with pytest.raises(BenchError, match="seed"):
         build_grid([APP], seeds=0)
     assert len(build_grid()) == 4 * 3 * 6
+
+
+def test_steady_state_attainment_counts_failures_as_misses():
+    from sair_ray.bench.grid import _steady_attainment
+
+    assert _steady_attainment(90, 10, 0, 10) == 0.9  # the 10 drops are the 10 violations
+    assert _steady_attainment(100, 0, 0, 0) == 1.0
+    assert _steady_attainment(0, 5, 0, 5) == 0.0
+    assert _steady_attainment(0, 0, 0, 0) != _steady_attainment(0, 0, 0, 0)  # nan

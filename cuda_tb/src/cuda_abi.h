@@ -36,4 +36,14 @@ typedef struct {
     void *ctx;
 } CUDA_KERNEL_NODE_PARAMS_v2;
 
+/* Parameter lists of cuLaunchKernel and cuLaunchCooperativeKernel (and their _ptsz
+ * forms), named so that definitions can use f, gx..gz, bx..bz, shmem, s, params, extra. */
+#define LAUNCH_ARGS                                                                     \
+    CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,    \
+        unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params, \
+        void **extra
+#define COOP_ARGS                                                                       \
+    CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,    \
+        unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params
+
 #endif

@@ -349,13 +349,6 @@ static inline CUresult do_graph_launch(_Atomic(void *) *slot, int ptsz, CUgraphE
     return real(exec, s);
 }
 
-#define LAUNCH_ARGS                                                                             \
-    CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,            \
-        unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params,         \
-        void **extra
-#define COOP_ARGS                                                                               \
-    CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,            \
-        unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params
 
 TB_EXPORT CUresult cuLaunchKernel(LAUNCH_ARGS)
 {

@@ -166,13 +166,6 @@ EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream s, int *status)
 
 /* ---- launches ------------------------------------------------------------------ */
 
-#define LAUNCH_ARGS                                                                         \
-    CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,        \
-        unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params,     \
-        void **extra
-#define COOP_ARGS                                                                           \
-    CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,        \
-        unsigned int by, unsigned int bz, unsigned int shmem, CUstream s, void **params
 
 static CUresult launch(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz)
 {

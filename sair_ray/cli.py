@@ -171,6 +171,16 @@ def bench(
     paths = write_outputs(res.rows, out_dir)
     out.print(to_markdown(res.rows), markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(res.rows)}/{res.total} runs -> {paths['parquet']}, {paths['markdown']}")
+    from sair_ray.bench import figures
+
+    if figures.available():
+        from sair_ray.sim.profiles import load_profile
+
+        sla = {a: load_profile(a).pipeline.sla_ms for a in {r["app"] for r in res.rows}}
+        pngs = figures.write_figures(res.rows, out_dir, sla)
+        out.print("figures -> " + ", ".join(str(p) for p in pngs))
+    else:
+        err.print("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
     for sc, e in res.failed:
         err.print(f"[red]failed:[/red] {sc}: {e}")
     if res.interrupted:

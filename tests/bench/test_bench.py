@@ -109,3 +109,22 @@ def test_steady_state_attainment_counts_failures_as_misses():
     assert _steady_attainment(100, 0, 0, 0) == 1.0
     assert _steady_attainment(0, 5, 0, 5) == 0.0
     assert _steady_attainment(0, 0, 0, 0) != _steady_attainment(0, 0, 0, 0)  # nan
+
+
+def test_figures_are_written_as_png(tmp_path):
+    from sair_ray.bench import figures
+
+    rows = []
+    for app_name in ("image_classification", "video_analysis"):
+        for pattern in ("poisson", "burst"):
+            for method, p99, usd in (("static", 5000.0, 0.05), ("hpa", 150.0, 0.02)):
+                rows.append({"app": app_name, "pattern": pattern, "method": method, "seed": 0,
+                             "p99_ms": p99, "p50_ms": 1.0, "sla_attainment": 1.0,
+                             "drops": 0, "p99_steady_ms": p99, "sla_attainment_steady": 1.0,
+                             "drops_steady": 0, "usd_per_1k_billable": usd,
+                             "usd_per_1k_effective": usd, "replicas_mean": 3.0,
+                             "wall_s": 0.1})
+    paths = figures.write_figures(rows, tmp_path, {"image_classification": 1000.0})
+    assert [p.name for p in paths] == ["p99_steady.png", "cost_effective.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000

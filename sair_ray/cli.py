@@ -190,6 +190,11 @@ def bench(
         raise typer.Exit(1)
 
 
+from sair_ray.commands import register_all  # noqa: E402  (after the built-in commands)
+
+register_all(app)
+
+
 def main() -> None:
     try:
         app()

@@ -140,6 +140,7 @@ class Controller:
             decision.source = f"policy:{self.policy.name}"
             decision.proposal, decision.rationale = reply.proposal, reply.rationale
             decision.raw_reply, decision.error = reply.raw, reply.error
+            decision.prompt_chars = reply.prompt_chars
         t["decide"] = self._ms(s)
 
         s = self._perf()

@@ -31,6 +31,7 @@ class PolicyReply:
     rationale: str = ""
     raw: str = ""                  # the unparsed reply (LLM policies)
     error: str = ""                # why the reply is a no-op, if it is one
+    prompt_chars: int = 0          # size of the prompt sent (LLM policies)
 
 
 @runtime_checkable

@@ -1,0 +1,201 @@
+"""SAIR's policy: an LLM as an in-context RL agent (SPEC 6; paper Appendix I), via DSPy.
+
+The DSPy signature has the paper's three inputs and two outputs. Its input order differs
+from the paper's listing on purpose: `constraints` (static for an app) comes first, then
+`sampled_episodes`, then `current_input`, so consecutive prompts share the longest
+possible prefix and llama.cpp re-evaluates only what changed.
+
+The reply is decoded against a JSON schema built from the pipeline (stage names, verbs,
+limits) where the backend supports it (llama.cpp's grammar, vLLM's guided decoding), and
+parsed tolerantly otherwise (`parse.parse_reply`). A malformed, late or failed reply is
+a no-op `PolicyReply` with `error` set; the controller counts it. Nothing here raises into
+the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from sair_ray.config import SAIRConfig
+from sair_ray.cost import CostModel
+from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.policy.lm import Endpoint, LMUnavailable, resolve
+from sair_ray.policy.parse import parse_reply
+from sair_ray.policy.prompt import (
+    format_constraints,
+    format_current,
+    format_episodes,
+    free_line,
+    output_schema,
+)
+from sair_ray.types import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS = 160  # a full 3-stage action + one sentence is ~90 tokens with the grammar
+
+INSTRUCTIONS = """You are SAIR, the autoscaler of a multi-stage ML inference pipeline. \
+Each round you see past scaling episodes with the reward they earned, the pipeline's \
+current metrics with a bottleneck analysis, and its constraints. Choose per-stage absolute \
+targets that keep p99 latency under the SLA at the lowest cost. Imitate the actions of \
+high-reward episodes in similar states, avoid those of low-reward ones, scale the \
+bottleneck stage first, and hold (action none) when latency is well under the SLA and \
+nothing is saturated."""
+
+
+def _signature() -> Any:
+    import dspy
+
+    class ScalingDecision(dspy.Signature):
+        __doc__ = INSTRUCTIONS
+        constraints: str = dspy.InputField(
+            desc="limits, SLA, budget and scaling guidelines of this pipeline")
+        sampled_episodes: str = dspy.InputField(
+            desc="past episodes (input, prediction, reward), lowest reward first")
+        current_input: str = dspy.InputField(
+            desc="per-stage metrics of this round and the bottleneck analysis")
+        action: dict[str, Any] = dspy.OutputField(
+            desc="per stage: {action, replicas, cpu_millicores, memory_mb | rate_ratio}")
+        rationale: str = dspy.OutputField(desc="one short sentence")
+
+    return ScalingDecision
+
+
+def _adapter(schema: dict[str, Any] | None, backend: str) -> Any:
+    """DSPy's JSON adapter, with our schema in `response_format` when the backend decodes
+    against one (llama.cpp takes it inside json_object; vLLM and OpenAI as json_schema)."""
+    import dspy
+
+    class SchemaJSONAdapter(dspy.JSONAdapter):
+        last_raw = ""          # the LM's text, verbatim, for the decision log
+        last_prompt_chars = 0  # the whole formatted prompt (system + user messages)
+
+        def format(self, signature: Any, demos: Any, inputs: Any) -> Any:
+            messages = super().format(signature, demos, inputs)
+            self.last_prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+            return messages
+
+        def parse(self, signature: Any, completion: str) -> Any:
+            self.last_raw = completion
+            return super().parse(signature, completion)
+
+        def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any],
+                                     signature: Any) -> None:
+            if schema is None:
+                lm_kwargs["response_format"] = {"type": "json_object"}
+            elif backend == "llamacpp":
+                lm_kwargs["response_format"] = {"type": "json_object", "schema": schema}
+            else:
+                lm_kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "sair_action", "schema": schema, "strict": False}}
+
+    return SchemaJSONAdapter(use_native_function_calling=False)
+
+
+class LLMPolicy:
+    """The policy of SPEC 6 against one OpenAI-compatible endpoint."""
+
+    name = "sair"
+
+    def __init__(self, cfg: SAIRConfig, pipeline: PipelineSpec, *,
+                 endpoint: Endpoint | None = None, threads: int | None = None) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self._endpoint = endpoint
+        self._threads = threads
+        self.constraints = format_constraints(
+            pipeline, cfg.validator, CostModel(pipeline, cfg.cost).max_rate(cfg.validator))
+        self.schema = output_schema(pipeline, cfg.validator)
+        self._program: Any = None
+        self._lm: Any = None
+        self._adapter: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sair-llm")
+        self._busy = threading.Lock()
+        self.last_prompt_chars = 0
+        self.last_usage: dict[str, Any] = {}
+
+    # -- lazy set-up: importing dspy and starting llama.cpp cost seconds ----------------
+    def _ensure(self) -> None:
+        if self._program is not None:
+            return
+        # LiteLLM fetches a price list from GitHub on import unless told not to; SAIR runs
+        # offline, and the failed fetch cost ~7 s of retries.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        try:
+            import dspy
+        except ImportError:
+            raise LMUnavailable("DSPy is not installed: pip install 'sair-ray[local-llm]'") \
+                from None
+        ep = self._endpoint or resolve(self.cfg.policy, threads=self._threads)
+        self._endpoint = ep
+        self._lm = dspy.LM(f"openai/{ep.model}", api_base=ep.url, api_key=ep.api_key,
+                           temperature=self.cfg.policy.temperature, max_tokens=MAX_TOKENS,
+                           cache=False, num_retries=0, engine="litellm",
+                           timeout=self.cfg.policy.llm_timeout_s)
+        self._adapter = _adapter(self.schema if ep.supports_schema else None,
+                                 self.cfg.policy.backend)
+        self._program = dspy.Predict(_signature())
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self._endpoint
+
+    def inputs(self, request: PolicyRequest) -> dict[str, str]:
+        current = format_current(request.context, request.bottleneck)
+        return {"constraints": self.constraints,
+                "sampled_episodes": format_episodes([r.experience for r in request.episodes]),
+                "current_input": f"{current}\n{free_line(request.free)}"}
+
+    def _call(self, inputs: dict[str, str]) -> tuple[Any, str]:
+        """One LM call; returns (parsed prediction or None, raw text)."""
+        import dspy
+        from dspy.utils.exceptions import AdapterParseError
+
+        self._adapter.last_raw = ""
+        with dspy.context(lm=self._lm, adapter=self._adapter, disable_history=True):
+            try:
+                pred = self._program(**inputs)
+            except AdapterParseError as e:
+                return None, str(e.lm_response or self._adapter.last_raw or "")
+        return pred, self._adapter.last_raw
+
+    def decide(self, request: PolicyRequest) -> PolicyReply:
+        try:
+            self._ensure()
+        except LMUnavailable as e:
+            return PolicyReply(proposal=None, error=f"LLM unavailable: {e}")
+        inputs = self.inputs(request)
+        self.last_prompt_chars = sum(len(v) for v in inputs.values())
+        if not self._busy.acquire(blocking=False):
+            # the previous, abandoned call is still running: never queue behind it
+            return PolicyReply(proposal=None, error="LLM busy with an abandoned late call")
+        t0 = time.perf_counter()
+        fut = self._pool.submit(self._call, inputs)
+        fut.add_done_callback(lambda _f: self._busy.release())
+        try:
+            pred, raw = fut.result(timeout=self.cfg.policy.llm_timeout_s)
+        except FutureTimeout:
+            return PolicyReply(proposal=None, error=f"LLM late: no reply within "
+                               f"{self.cfg.policy.llm_timeout_s:g} s")
+        except Exception as e:  # endpoint down, HTTP error, timeout inside LiteLLM
+            return PolicyReply(proposal=None, error=f"LLM call failed: {e.__class__.__name__}: "
+                               f"{str(e)[:300]}")
+        self.last_prompt_chars = self._adapter.last_prompt_chars or self.last_prompt_chars
+        if pred is not None:
+            parsed = parse_reply({"action": pred.action, "rationale": pred.rationale},
+                                 self.pipeline.stage_names)
+        else:
+            parsed = parse_reply(raw, self.pipeline.stage_names)
+        log.debug("LLM decision in %.2f s: %s", time.perf_counter() - t0, raw[:200])
+        return PolicyReply(proposal=parsed.proposal, rationale=parsed.rationale, raw=raw,
+                           error=parsed.error, prompt_chars=self.last_prompt_chars)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+

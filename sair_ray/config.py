@@ -153,6 +153,10 @@ class PolicyConfig(_Validated):
     model: str = _opt("", "Model name or path ('' = the backend's default).")
     url: str = _opt("", "OpenAI-compatible endpoint for the 'vllm' and 'openai' backends.")
     api_key_env: str = _opt("OPENAI_API_KEY", "Environment variable holding the API key.")
+    decoding: str = _opt("candidates", "'candidates': the reply must be one of the round's "
+                         "candidate actions (schema-constrained; suits small models); "
+                         "'free': any action in the SPEC 6 schema.",
+                         choices=("candidates", "free"))
 
 
 @dataclass(frozen=True)

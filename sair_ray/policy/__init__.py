@@ -29,7 +29,7 @@ def make_policy(name: str, cfg: SAIRConfig, *, pipeline: PipelineSpec, **params:
         return LLMPolicy(cfg, pipeline, **params)
     if name == "sair-retrieval":
         from sair_ray.policy.retrieval_only import RetrievalOnlyPolicy
-        return RetrievalOnlyPolicy()
+        return RetrievalOnlyPolicy(cfg.validator)
     from sair_ray.baselines import BASELINES, make_baseline
     try:
         return make_baseline(name, **({"validator": cfg.validator} if name != "static" else {}),

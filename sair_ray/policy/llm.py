@@ -14,6 +14,7 @@ the loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 from sair_ray.config import SAIRConfig
 from sair_ray.cost import CostModel
 from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.policy.candidates import Candidate, build
 from sair_ray.policy.lm import Endpoint, LMUnavailable, resolve
 from sair_ray.policy.parse import parse_reply
 from sair_ray.policy.prompt import (
@@ -67,12 +69,14 @@ def _signature() -> Any:
     return ScalingDecision
 
 
-def _adapter(schema: dict[str, Any] | None, backend: str) -> Any:
-    """DSPy's JSON adapter, with our schema in `response_format` when the backend decodes
-    against one (llama.cpp takes it inside json_object; vLLM and OpenAI as json_schema)."""
+def _adapter(backend: str, use_schema: bool) -> Any:
+    """DSPy's JSON adapter, with the round's schema (`.schema`) in `response_format` when
+    the backend decodes against one (llama.cpp takes it inside json_object; vLLM and OpenAI
+    as json_schema)."""
     import dspy
 
     class SchemaJSONAdapter(dspy.JSONAdapter):
+        schema: dict[str, Any] | None = None
         last_raw = ""          # the LM's text, verbatim, for the decision log
         last_prompt_chars = 0  # the whole formatted prompt (system + user messages)
 
@@ -87,6 +91,7 @@ def _adapter(schema: dict[str, Any] | None, backend: str) -> Any:
 
         def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any],
                                      signature: Any) -> None:
+            schema = self.schema if use_schema else None
             if schema is None:
                 lm_kwargs["response_format"] = {"type": "json_object"}
             elif backend == "llamacpp":
@@ -112,6 +117,7 @@ class LLMPolicy:
         self.constraints = format_constraints(
             pipeline, cfg.validator, CostModel(pipeline, cfg.cost).max_rate(cfg.validator))
         self.schema = output_schema(pipeline, cfg.validator)
+        self.candidates_only = cfg.policy.decoding == "candidates"
         self._program: Any = None
         self._lm: Any = None
         self._adapter: Any = None
@@ -138,19 +144,32 @@ class LLMPolicy:
                            temperature=self.cfg.policy.temperature, max_tokens=MAX_TOKENS,
                            cache=False, num_retries=0, engine="litellm",
                            timeout=self.cfg.policy.llm_timeout_s)
-        self._adapter = _adapter(self.schema if ep.supports_schema else None,
-                                 self.cfg.policy.backend)
+        self._adapter = _adapter(self.cfg.policy.backend, ep.supports_schema)
         self._program = dspy.Predict(_signature())
 
     @property
     def endpoint(self) -> Endpoint | None:
         return self._endpoint
 
-    def inputs(self, request: PolicyRequest) -> dict[str, str]:
-        current = format_current(request.context, request.bottleneck)
+    def inputs(self, request: PolicyRequest,
+               cands: list[Candidate] | None = None) -> dict[str, str]:
+        current = [format_current(request.context, request.bottleneck), free_line(request.free)]
+        if cands:
+            current.append("Candidate actions (choose one):" if self.candidates_only
+                           else "Suggested actions:")
+            current += [f"- {c.label}: {json.dumps(c.proposal, separators=(',', ':'))}"
+                        for c in cands]
         return {"constraints": self.constraints,
                 "sampled_episodes": format_episodes([r.experience for r in request.episodes]),
-                "current_input": f"{current}\n{free_line(request.free)}"}
+                "current_input": "\n".join(current)}
+
+    def schema_for(self, cands: list[Candidate]) -> dict[str, Any]:
+        if not self.candidates_only:
+            return self.schema
+        return {"type": "object",
+                "properties": {"action": {"oneOf": [{"const": c.proposal} for c in cands]},
+                               "rationale": {"type": "string", "maxLength": 80}},
+                "required": ["action", "rationale"], "additionalProperties": False}
 
     def _call(self, inputs: dict[str, str]) -> tuple[Any, str]:
         """One LM call; returns (parsed prediction or None, raw text)."""
@@ -170,10 +189,14 @@ class LLMPolicy:
             self._ensure()
         except LMUnavailable as e:
             return PolicyReply(proposal=None, error=f"LLM unavailable: {e}")
-        inputs = self.inputs(request)
+        cands = build(request, self.cfg.validator)
+        inputs = self.inputs(request, cands)
+        self._adapter.schema = self.schema_for(cands)
         self.last_prompt_chars = sum(len(v) for v in inputs.values())
-        if not self._busy.acquire(blocking=False):
-            # the previous, abandoned call is still running: never queue behind it
+        # A late call abandoned last round may still be running (llama.cpp serves one
+        # request at a time). In real time it has long finished; in virtual time it has
+        # not, so wait for it as the interval would have, up to the timeout.
+        if not self._busy.acquire(timeout=self.cfg.policy.llm_timeout_s):
             return PolicyReply(proposal=None, error="LLM busy with an abandoned late call")
         t0 = time.perf_counter()
         fut = self._pool.submit(self._call, inputs)
@@ -193,7 +216,11 @@ class LLMPolicy:
         else:
             parsed = parse_reply(raw, self.pipeline.stage_names)
         log.debug("LLM decision in %.2f s: %s", time.perf_counter() - t0, raw[:200])
-        return PolicyReply(proposal=parsed.proposal, rationale=parsed.rationale, raw=raw,
+        rationale = parsed.rationale
+        chosen = next((c.label for c in cands if c.proposal == parsed.proposal), None)
+        if chosen is not None:  # the model's prose is weak; the option it took is not
+            rationale = f"[{chosen}] {rationale}"
+        return PolicyReply(proposal=parsed.proposal, rationale=rationale, raw=raw,
                            error=parsed.error, prompt_chars=self.last_prompt_chars)
 
     def close(self) -> None:

@@ -43,17 +43,18 @@ def _n(x: float) -> str:
 
 
 def stage_line(s: StageObservation) -> str:
-    usage = f"GPU_usage={_n(100 * s.util)}%, rate_ratio={s.rate:.2f}" if s.kind == StageKind.GPU \
-        else f"CPU_usage={_n(100 * s.util)}%, cpu={s.cpu_m}m, mem={s.mem_mb}MB"
-    return (f"{s.name}: replicas={s.replicas}, queue={_n(s.queue)}, {usage}, "
-            f"p99={_n(s.p99_ms)}ms, wait={_n(s.queue_delay_ms)}ms")
+    """One stage, compactly: r replicas, q queue, u utilisation (GPU: of its rate quota),
+    then resources, p99 processing and mean queue wait."""
+    res = f"rate={s.rate:.2f}" if s.kind == StageKind.GPU else f"cpu={s.cpu_m}m mem={s.mem_mb}MB"
+    return (f"{s.name} r={s.replicas} q={_n(s.queue)} u={_n(100 * s.util)}% {res} "
+            f"p99={_n(s.p99_ms)}ms wait={_n(s.queue_delay_ms)}ms")
 
 
 def context_lines(ctx: Context) -> list[str]:
     return [*(stage_line(s) for s in ctx.stages),
-            f"E2E Latency: p99={_n(ctx.p99_ms)}ms (SLA {_n(ctx.sla_ms)}ms), "
-            f"arrivals={_n(ctx.arrival_rate)}/s, cost=${_n(ctx.cost_rate)}/h"
-            + (f", drops={ctx.drops}" if ctx.drops else "")]
+            f"E2E Latency: p99={_n(ctx.p99_ms)}ms (SLA {_n(ctx.sla_ms)}ms) "
+            f"arrivals={_n(ctx.arrival_rate)}/s cost=${_n(ctx.cost_rate)}/h"
+            + (f" drops={ctx.drops}" if ctx.drops else "")]
 
 
 def _verb(kind: StageKind, d: Mapping[str, float]) -> str:
@@ -79,10 +80,15 @@ def target_json(kind: StageKind, before: StageAllocation, delta: Mapping[str, fl
     return out
 
 
-def action_json(ctx: Context, action: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    """An executed action (deltas, as stored) in the absolute-target schema of SPEC 6."""
-    return {s.name: target_json(s.kind, s.allocation, action.get(s.name, {}))
-            for s in ctx.stages}
+def action_json(ctx: Context, action: Mapping[str, Mapping[str, float]], *,
+                changed_only: bool = False) -> dict[str, Any]:
+    """An executed action (deltas, as stored) in the absolute-target schema of SPEC 6;
+    `changed_only` leaves out the stages it did not touch (shorter episodes)."""
+    out = {s.name: target_json(s.kind, s.allocation, action.get(s.name, {}))
+           for s in ctx.stages}
+    if changed_only:
+        out = {k: v for k, v in out.items() if v["action"] != "none"}
+    return out
 
 
 def label(reward: float) -> str:
@@ -91,7 +97,8 @@ def label(reward: float) -> str:
 
 def format_episode(e: Experience) -> str:
     ctx = Context.from_dict(e.context)
-    pred = json.dumps(action_json(ctx, e.action), separators=(",", ":"))
+    pred = json.dumps(action_json(ctx, e.action, changed_only=True),
+                      separators=(",", ":")) if e.action else "{} (hold)"
     return "\n".join([f"Episode (Reward: {e.reward:+.2f} {label(e.reward)}):", "Input:",
                       *context_lines(ctx), "Prediction:", pred, f"Reward: {e.reward:+.2f}"])
 

@@ -1,0 +1,117 @@
+"""Candidate actions for one round: what a small policy model chooses among.
+
+A 135M-parameter model cannot reason its way from metrics to a good allocation, but it
+can pick among a handful of sensible, fully-formed options and copy one, which is what
+in-context learning in small models amounts to. Each round offers:
+
+- `hold`: every stage as it is;
+- `relieve <stage>`: one validator step more capacity for the stage(s) the bottleneck
+  analysis names (replicas, or CPU when replicas are at their limit; GPU rate first, then
+  replicas), offered whenever the SLA is violated or a stage is saturated;
+- `trim <stage>`: one replica (or one rate step) less on the least-utilised stage, offered
+  when p99 is under half the SLA and nothing is saturated;
+- `episode <id>`: the action of each of the best retrieved episodes (similarity x reward),
+  re-applied as a delta from the current allocation.
+
+All are proposals in the SPEC 6 schema (absolute targets for every stage); the validator
+still clamps them. With `policy.decoding = "candidates"` the LLM's output schema is the
+union of these proposals; with `"free"` they are only listed in the prompt as hints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sair_ray.config import ValidatorConfig
+from sair_ray.policy.base import PolicyRequest
+from sair_ray.policy.prompt import target_json
+from sair_ray.types import PipelineSpec, StageKind, StageObservation
+
+MAX_EPISODES = 3
+TRIM_BELOW = 0.5   # p99 under this share of the SLA counts as over-provisioned
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    proposal: dict[str, Any]
+
+
+def _hold(stages: Sequence[StageObservation]) -> dict[str, Any]:
+    return {s.name: {"action": "none"} for s in stages}
+
+
+def _more(s: StageObservation, pipeline: PipelineSpec, v: ValidatorConfig) -> dict | None:
+    lim = pipeline.stage(s.name).limits(v)
+    if s.kind == StageKind.GPU:
+        if s.rate < lim.rate_max - 1e-9:
+            return {"action": "adjust_rate",
+                    "rate_ratio": round(min(lim.rate_max, s.rate + v.max_rate_step), 2)}
+        if s.replicas < lim.replicas_max:
+            return {"action": "scale_replicas",
+                    "replicas": min(lim.replicas_max, s.replicas + v.max_replica_step)}
+        return None
+    if s.replicas < lim.replicas_max:
+        return {"action": "scale_replicas",
+                "replicas": min(lim.replicas_max, s.replicas + v.max_replica_step)}
+    if s.cpu_m < lim.cpu_m_max:
+        return {"action": "scale_resources", "cpu_millicores":
+                min(lim.cpu_m_max, s.cpu_m + v.max_cpu_step_m), "memory_mb": s.mem_mb}
+    return None
+
+
+def _less(s: StageObservation, pipeline: PipelineSpec, v: ValidatorConfig) -> dict | None:
+    lim = pipeline.stage(s.name).limits(v)
+    if s.replicas > lim.replicas_min:
+        return {"action": "scale_replicas", "replicas": s.replicas - 1}
+    if s.kind == StageKind.GPU and s.rate > lim.rate_min + 1e-9:
+        return {"action": "adjust_rate",
+                "rate_ratio": round(max(lim.rate_min, s.rate - v.max_rate_step / 2), 2)}
+    return None
+
+
+def build(request: PolicyRequest, v: ValidatorConfig,
+          max_episodes: int = MAX_EPISODES) -> list[Candidate]:
+    ctx, pipeline = request.context, request.pipeline
+    stages = ctx.stages
+    out = [Candidate("hold", _hold(stages))]
+    report = request.bottleneck
+    saturated = {sy.stage for sy in getattr(report, "symptoms", ()) if sy.saturated}
+    named = list(getattr(report, "stages", ()))
+    if named and (ctx.p99_ms > ctx.sla_ms or saturated):
+        prop = _hold(stages)
+        for name in named:
+            more = _more(ctx.stage(name), pipeline, v)
+            if more is not None:
+                prop[name] = more
+        if prop != _hold(stages):
+            out.append(Candidate(f"relieve {'+'.join(named)}", prop))
+    if ctx.p99_ms < TRIM_BELOW * ctx.sla_ms and not saturated:
+        for s in sorted(stages, key=lambda s: s.util):
+            less = _less(s, pipeline, v)
+            if less is not None:
+                out.append(Candidate(f"trim {s.name}", {**_hold(stages), s.name: less}))
+                break
+    ranked = sorted((r for r in request.episodes if r.experience.reward > 0),
+                    key=lambda r: -(r.similarity * r.experience.reward))
+    for r in ranked:
+        if sum(c.label.startswith("episode") for c in out) >= max_episodes:
+            break
+        prop = {s.name: target_json(s.kind, s.allocation, r.experience.action.get(s.name, {}))
+                for s in stages}
+        if all(c.proposal != prop for c in out):
+            out.append(Candidate(f"episode {r.experience.id[:8]} (reward "
+                                 f"{r.experience.reward:+.2f})", prop))
+    return out
+
+
+def default_choice(cands: Sequence[Candidate]) -> Candidate:
+    """The fixed rule of the retrieval-only selector: the best episode if one was retrieved,
+    else relieve the bottleneck, else trim, else hold."""
+    for prefix in ("episode", "relieve", "trim"):
+        for c in cands:
+            if c.label.startswith(prefix):
+                return c
+    return cands[0]

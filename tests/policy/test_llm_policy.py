@@ -1,0 +1,114 @@
+"""LLMPolicy through real DSPy + LiteLLM against a real local OpenAI-compatible server:
+good replies, broken replies, late replies, errors and a dead endpoint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from sair_ray.config import SAIRConfig
+from sair_ray.policy.llm import LLMPolicy
+from sair_ray.policy.lm import Endpoint
+from tests import factories
+from tests.policy.helpers import experience, overloaded, request, retrieved
+from tests.policy.openai_server import completion, serving
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def policy(url: str, timeout_s: float = 5.0, decoding: str = "candidates") -> LLMPolicy:
+    cfg = SAIRConfig().replace(**{"policy.llm_timeout_s": timeout_s,
+                                  "policy.decoding": decoding, "policy.backend": "vllm"})
+    return LLMPolicy(cfg, factories.pipeline(),
+                     endpoint=Endpoint(url, "test-model", "sk-secret", supports_schema=True))
+
+
+def reply(action: dict, rationale: str = "scale the bottleneck") -> str:
+    return json.dumps({"action": action, "rationale": rationale})
+
+
+def test_good_reply_is_parsed_and_the_prompt_is_well_formed():
+    with serving() as srv:
+        pol = policy(srv.url)
+        relieve = {"preprocess": {"action": "scale_replicas", "replicas": 3},
+                   "inference": {"action": "none"}, "postprocess": {"action": "none"}}
+        srv.behaviour = lambda req: (200, completion(reply(relieve)), 0.0)
+        ctx = overloaded()
+        ep = experience(ctx, {"preprocess": {"replicas": 1}}, 0.8, "abcdef0123")
+        out = pol.decide(request(ctx=ctx, episodes=(retrieved(ep),)))
+    assert out.error == ""
+    assert out.proposal == relieve
+    assert out.rationale == "[relieve preprocess] scale the bottleneck"
+    assert out.prompt_chars > 500 and out.raw.startswith("{")
+    headers, body = srv.requests[0]
+    assert headers["Authorization"] == "Bearer sk-secret"
+    user = body["messages"][-1]["content"]
+    # static constraints first (prompt-prefix reuse), then episodes, then the current input
+    assert user.index("Physical Constraints") < user.index("Episode (Reward: +0.80 GOOD)") \
+        < user.index("Bottleneck: preprocess") < user.index("Candidate actions")
+    schema = body["response_format"]["json_schema"]["schema"]
+    options = schema["properties"]["action"]["oneOf"]
+    assert {"const": relieve} in options and len(options) >= 3
+
+
+def test_free_decoding_sends_the_full_action_schema():
+    with serving() as srv:
+        pol = policy(srv.url, decoding="free")
+        srv.behaviour = lambda req: (200, completion(reply({"postprocess": {
+            "action": "scale_replicas", "replicas": 2}})), 0.0)
+        out = pol.decide(request())
+    assert out.proposal == {"postprocess": {"action": "scale_replicas", "replicas": 2}}
+    schema = srv.requests[0][1]["response_format"]["json_schema"]["schema"]
+    assert set(schema["properties"]["action"]["properties"]) == {"preprocess", "inference",
+                                                                 "postprocess"}
+
+
+def test_garbage_reply_is_a_counted_noop_not_a_crash():
+    with serving() as srv:
+        pol = policy(srv.url)
+        srv.behaviour = lambda req: (200, completion("I would add 2e15 replicas!!"), 0.0)
+        out = pol.decide(request())
+    assert out.proposal is None and out.error
+    assert "2e15" in out.raw
+
+
+def test_late_reply_becomes_a_noop_at_the_timeout():
+    with serving() as srv:
+        pol = policy(srv.url, timeout_s=0.5)
+        srv.behaviour = lambda req: (200, completion(reply({})), 3.0)
+        t0 = time.monotonic()
+        out = pol.decide(request())
+        took = time.monotonic() - t0
+    assert out.proposal is None
+    assert "late" in out.error or "Timeout" in out.error
+    assert took < 2.5
+
+
+@pytest.mark.parametrize("status", [500, 404, 429])
+def test_http_errors_are_noops(status):
+    with serving() as srv:
+        pol = policy(srv.url)
+        srv.behaviour = lambda req: (status, {"error": {"message": "boom"}}, 0.0)
+        out = pol.decide(request())
+    assert out.proposal is None and out.error.startswith("LLM call failed")
+
+
+def test_dead_endpoint_is_a_noop_and_recovers_when_it_returns():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pol = policy(f"http://127.0.0.1:{port}/v1", timeout_s=2.0)
+    out = pol.decide(request())
+    assert out.proposal is None and out.error.startswith("LLM call failed")
+    with serving() as srv:  # the same policy object against a live endpoint
+        pol._lm.kwargs["api_base"] = srv.url
+        srv.behaviour = lambda req: (200, completion(reply({"preprocess": {"action": "none"}})),
+                                     0.0)
+        assert pol.decide(request()).error == ""
+
+
+def test_api_key_never_appears_in_the_endpoint_repr():
+    assert "sk-secret" not in repr(Endpoint("http://x/v1", "m", "sk-secret"))

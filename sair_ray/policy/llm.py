@@ -124,7 +124,7 @@ class LLMPolicy:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sair-llm")
         self._busy = threading.Lock()
         self.last_prompt_chars = 0
-        self.last_usage: dict[str, Any] = {}
+        self.last_call_ms = 0.0  # the LM round trip alone, for overhead accounting
 
     # -- lazy set-up: importing dspy and starting llama.cpp cost seconds ----------------
     def _ensure(self) -> None:
@@ -146,6 +146,23 @@ class LLMPolicy:
                            timeout=self.cfg.policy.llm_timeout_s)
         self._adapter = _adapter(self.cfg.policy.backend, ep.supports_schema)
         self._program = dspy.Predict(_signature())
+        self.warmup()
+
+    def warmup(self) -> None:
+        """Evaluate the static prompt prefix (instructions + constraints) once, so llama.cpp
+        holds it in its KV cache and the first timed round pays only for what changes.
+        Best effort: a failure here shows up again, counted, in the first round."""
+        import dspy
+
+        inputs = {"constraints": self.constraints, "sampled_episodes": "", "current_input": ""}
+        self._adapter.schema = None
+        try:
+            with dspy.context(lm=self._lm, adapter=self._adapter, disable_history=True):
+                self._program(**inputs, config={"max_tokens": 1})
+        except Exception as e:  # the endpoint may be down now and up later
+            if e.__class__.__name__ != "AdapterParseError":  # expected: 1 token is no JSON
+                log.info("policy LLM warm-up failed (%s); the first round pays the full "
+                         "prompt", e.__class__.__name__)
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -203,6 +220,7 @@ class LLMPolicy:
         fut.add_done_callback(lambda _f: self._busy.release())
         try:
             pred, raw = fut.result(timeout=self.cfg.policy.llm_timeout_s)
+            self.last_call_ms = (time.perf_counter() - t0) * 1000
         except FutureTimeout:
             return PolicyReply(proposal=None, error=f"LLM late: no reply within "
                                f"{self.cfg.policy.llm_timeout_s:g} s")

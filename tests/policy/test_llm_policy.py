@@ -43,7 +43,7 @@ def test_good_reply_is_parsed_and_the_prompt_is_well_formed():
     assert out.proposal == relieve
     assert out.rationale == "[relieve preprocess] scale the bottleneck"
     assert out.prompt_chars > 500 and out.raw.startswith("{")
-    headers, body = srv.requests[0]
+    headers, body = srv.requests[-1]  # [0] is the warm-up
     assert headers["Authorization"] == "Bearer sk-secret"
     user = body["messages"][-1]["content"]
     # static constraints first (prompt-prefix reuse), then episodes, then the current input
@@ -61,7 +61,7 @@ def test_free_decoding_sends_the_full_action_schema():
             "action": "scale_replicas", "replicas": 2}})), 0.0)
         out = pol.decide(request())
     assert out.proposal == {"postprocess": {"action": "scale_replicas", "replicas": 2}}
-    schema = srv.requests[0][1]["response_format"]["json_schema"]["schema"]
+    schema = srv.requests[-1][1]["response_format"]["json_schema"]["schema"]
     assert set(schema["properties"]["action"]["properties"]) == {"preprocess", "inference",
                                                                  "postprocess"}
 
@@ -112,3 +112,15 @@ def test_dead_endpoint_is_a_noop_and_recovers_when_it_returns():
 
 def test_api_key_never_appears_in_the_endpoint_repr():
     assert "sk-secret" not in repr(Endpoint("http://x/v1", "m", "sk-secret"))
+
+
+def test_warmup_sends_the_static_prefix_once():
+    with serving() as srv:
+        pol = policy(srv.url)
+        pol.decide(request())
+        pol.decide(request())
+    warm, first, second = (body["messages"][-1]["content"] for _, body in srv.requests)
+    assert len(srv.requests) == 3
+    assert srv.requests[0][1]["max_tokens"] == 1
+    prefix = warm[:warm.index("[[ ## sampled_episodes ## ]]")]
+    assert first.startswith(prefix) and second.startswith(prefix)

@@ -1,0 +1,125 @@
+"""Metrics sources for the Kubernetes backend (`sair_ray.backends.kubernetes.MetricsSource`).
+
+- `RayMetrics`: the live per-stage metrics of a Serve application, read through
+  `sair_ray.observe.MetricsClient` from the Ray cluster the RayService runs (over Ray
+  Client, `ray://<rayservice>-head-svc.<namespace>.svc:10001` by default).
+- `SimulatedMetrics`: the discrete-event simulator of a shipped pipeline profile, following
+  every allocation SAIR applies. It is what `sair operator --dry-run` observes, and it lets
+  an operator be exercised end to end without a Serve application under load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sair_ray.backends.sim import SimBackend
+from sair_ray.types import Context, PipelineSpec, StageAllocation, StageObservation
+
+log = logging.getLogger(__name__)
+
+
+class MetricsSourceError(RuntimeError):
+    """A metrics source cannot be built (missing package, unknown profile, no Ray)."""
+
+
+class SimulatedMetrics:
+    def __init__(self, profile: str, stages: tuple[str, ...], *, start: float,
+                 allocation: Mapping[str, StageAllocation] | None = None,
+                 workload: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+        from sair_ray.sim.profiles import ProfileError
+
+        try:
+            self.sim = SimBackend(profile, workload, seed=seed, start=start,
+                                  allocation=dict(allocation) if allocation else None)
+        except ProfileError as e:
+            raise MetricsSourceError(str(e)) from None
+        have = self.sim.pipeline.stage_names
+        if tuple(stages) != have:
+            raise MetricsSourceError(
+                f"simulator profile {profile!r} has stages {list(have)}, the autoscaler "
+                f"names {list(stages)}; they must be the same, in the same order")
+
+    def window(self, start: float, end: float,
+               allocation: Mapping[str, StageAllocation]) -> Context:
+        """The simulator tracks its own allocation (every apply is forwarded to it)."""
+        self.sim.advance_to(end)
+        return self.sim.observe(start, end)
+
+    def allocation_changed(self, target: Mapping[str, StageAllocation], now: float) -> None:
+        self.sim.advance_to(now)
+        self.sim.apply(target, now)
+
+
+def _finite(x: float | None, default: float = 0.0) -> float:
+    return float(x) if x is not None and math.isfinite(x) else default
+
+
+def context_from_window(w: Any, pipeline: PipelineSpec,
+                        allocation: Mapping[str, StageAllocation]) -> Context:
+    """A `sair_ray.observe.AppWindow` as the controller's Context (SPEC 2).
+
+    A stage that has not reported yet shows zero load; a GPU stage's utilisation is the
+    shim's busy time divided by its rate (busy relative to its quota); a window in which
+    requests arrived but none finished has an unknown (NaN) latency, i.e. the worst case.
+    """
+    stages = []
+    for spec in pipeline.stages:
+        a = allocation[spec.name]
+        sw = w.stages.get(spec.name)
+        if sw is None:
+            stages.append(StageObservation(spec.name, spec.kind, a.replicas, a.cpu_m,
+                                           a.mem_mb, a.rate))
+            continue
+        util = _finite(sw.util)
+        if spec.is_gpu and sw.gpu_util is not None:
+            util = sw.gpu_util / max(a.rate, 1e-9)
+        stages.append(StageObservation(
+            name=spec.name, kind=spec.kind, replicas=a.replicas, cpu_m=a.cpu_m,
+            mem_mb=a.mem_mb, rate=a.rate, queue=float(sw.queue), util=util,
+            p50_ms=_finite(sw.p50_ms), p99_ms=_finite(sw.p99_ms),
+            queue_delay_ms=_finite(sw.queue_delay_ms), throughput_rps=float(sw.throughput_rps)))
+    p50, p99 = _finite(w.p50_ms), _finite(w.p99_ms)
+    if w.completions == 0 and (w.arrivals > 0 or w.in_flight > 0):
+        p50 = p99 = math.nan
+    return Context(app=pipeline.name, time=w.end, stages=tuple(stages),
+                   arrival_rate=float(w.arrival_rate), p50_ms=p50, p99_ms=p99,
+                   sla_ms=pipeline.sla_ms, errors=int(w.errors), drops=0)
+
+
+class RayMetrics:
+    """Live metrics of Serve application `app`, from the Ray cluster at `address`.
+
+    Ray allows one cluster connection per process, so one operator process can read live
+    metrics from one Ray cluster: autoscalers of RayServices in other Ray clusters need
+    their own operator (or `metrics.source: simulator`)."""
+
+    def __init__(self, app: str, pipeline: PipelineSpec, *, address: str,
+                 timeout_s: float = 10.0) -> None:
+        try:
+            import ray
+
+            from sair_ray.observe import MetricsClient, MetricsUnavailable
+        except ImportError as e:
+            raise MetricsSourceError(f"metrics source 'ray' needs Ray: pip install "
+                                     f"'sair-ray[apps]' ({e})") from None
+        if not ray.is_initialized():
+            log.info("connecting to the Ray cluster at %s for live metrics", address)
+            try:
+                ray.init(address=address, logging_level=logging.WARNING)
+            except Exception as e:  # Ray raises ConnectionError, RuntimeError, ...
+                raise MetricsSourceError(f"cannot connect to Ray at {address}: {e}") from None
+        try:
+            self.client = MetricsClient(app, timeout_s=timeout_s)
+        except MetricsUnavailable as e:
+            raise MetricsSourceError(str(e)) from None
+        self.pipeline = pipeline
+
+    def window(self, start: float, end: float,
+               allocation: Mapping[str, StageAllocation]) -> Context:
+        return context_from_window(self.client.window(start, end), self.pipeline, allocation)
+
+    def allocation_changed(self, target: Mapping[str, StageAllocation], now: float) -> None:
+        """Live metrics see the change by themselves."""

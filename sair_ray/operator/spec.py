@@ -1,0 +1,248 @@
+"""The `PipelineAutoscaler` custom resource: its schema as SAIR reads it.
+
+`deploy/crd.yaml` is the OpenAPI schema the apiserver enforces; this module turns one
+object into an `AutoscalerSpec` and re-checks what the schema cannot (a stage's kind and
+limits, the SAIRConfig overrides), with errors that name the offending field, e.g.
+`spec.stages[1].replicas.max`.
+
+    apiVersion: sair-ray.io/v1alpha1
+    kind: PipelineAutoscaler
+    spec:
+      rayService: {name: imgcls}            # namespace defaults to the autoscaler's
+      application: image_classification     # the Serve application in serveConfigV2
+      slaMs: 1000
+      cluster: {cpus: 64, memoryMb: 262144, gpus: 2}
+      stages:
+        - {name: preprocess, kind: cpu, replicas: {min: 1, max: 8}}
+        - {name: inference, kind: gpu, gpusPerReplica: 1}
+        - {name: postprocess, kubernetesDeployment: {name: post, container: app}}
+      policy: {name: sair, backend: vllm, url: "http://policy-llm:8000/v1", model: ...}
+      metrics: {source: ray, profile: image_classification, timeoutSeconds: 10}
+      config: {loop: {decision_interval_s: 30}, validator: {replicas_max: 8}}
+      suspend: false
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sair_ray.config import ConfigError, SAIRConfig
+from sair_ray.types import (
+    ClusterResources,
+    PipelineSpec,
+    SpecError,
+    StageAllocation,
+    StageKind,
+    StageSpec,
+)
+
+GROUP = "sair-ray.io"
+VERSION = "v1alpha1"
+PLURAL = "pipelineautoscalers"
+KIND = "PipelineAutoscaler"
+METRICS_SOURCES = ("ray", "simulator")
+
+
+class AutoscalerSpecError(ValueError):
+    """A PipelineAutoscaler object is invalid; the message names the object and field."""
+
+
+@dataclass(frozen=True)
+class PlainDeployment:
+    """A stage served by a Kubernetes Deployment instead of a Serve deployment."""
+
+    name: str
+    container: str
+
+
+@dataclass(frozen=True)
+class StageBinding:
+    """Where a pipeline stage is actuated: a Serve deployment or a plain Deployment."""
+
+    stage: str
+    serve_deployment: str | None
+    plain: PlainDeployment | None
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str = "sair"
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    source: str = "ray"
+    profile: str | None = None     # simulator profile modelling the pipeline
+    address: str | None = None     # Ray cluster of the live metrics (None: the RayService's)
+    timeout_s: float = 10.0        # a metrics read slower than this fails the round
+
+
+@dataclass(frozen=True)
+class AutoscalerSpec:
+    namespace: str
+    name: str
+    generation: int
+    rayservice_namespace: str
+    rayservice_name: str
+    application: str
+    pipeline: PipelineSpec
+    bindings: tuple[StageBinding, ...]
+    policy: PolicySpec
+    metrics: MetricsSpec
+    config: SAIRConfig
+    suspend: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> AutoscalerSpec:
+        return _parse(obj)
+
+
+def _get(m: Mapping[str, Any], key: str, path: str, typ: type | tuple[type, ...],
+         default: Any = ..., what: str = "") -> Any:
+    if key not in m or m[key] is None:
+        if default is ...:
+            raise AutoscalerSpecError(f"{what}{path}.{key}: required")
+        return default
+    v = m[key]
+    if isinstance(v, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+        raise AutoscalerSpecError(f"{what}{path}.{key}: expected {_tname(typ)}, got {v!r}")
+    if not isinstance(v, typ):
+        raise AutoscalerSpecError(f"{what}{path}.{key}: expected {_tname(typ)}, got {v!r}")
+    return v
+
+
+def _tname(typ: type | tuple[type, ...]) -> str:
+    ts = typ if isinstance(typ, tuple) else (typ,)
+    names = {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
+             float: "a number", bool: "true or false"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in ts))
+
+
+_NUM = (int, float)
+
+
+def _range(m: Mapping[str, Any], key: str, path: str, what: str) -> tuple[Any, Any]:
+    r = _get(m, key, path, dict, {}, what)
+    p = f"{path}.{key}"
+    return (_get(r, "min", p, int, None, what), _get(r, "max", p, int, None, what))
+
+
+def _stage(s: Any, i: int, what: str) -> tuple[StageSpec, StageBinding]:
+    path = f"spec.stages[{i}]"
+    if not isinstance(s, Mapping):
+        raise AutoscalerSpecError(f"{what}{path}: expected a mapping, got {s!r}")
+    name = _get(s, "name", path, str, what=what)
+    kind = _get(s, "kind", path, str, "cpu", what)
+    if kind not in ("cpu", "gpu"):
+        raise AutoscalerSpecError(f"{what}{path}.kind: expected 'cpu' or 'gpu', got {kind!r}")
+    gpu = kind == "gpu"
+    r_min, r_max = _range(s, "replicas", path, what)
+    cpu_min, cpu_max = _range(s, "cpuM", path, what)
+    mem_min, mem_max = _range(s, "memMb", path, what)
+    init = _get(s, "initial", path, dict, {}, what)
+    ip = f"{path}.initial"
+    default_init = StageAllocation(1, 2000, 4096, 1.0) if gpu else StageAllocation(1, 1000, 1024)
+    initial = StageAllocation(
+        replicas=_get(init, "replicas", ip, int, default_init.replicas, what),
+        cpu_m=_get(init, "cpuM", ip, int, default_init.cpu_m, what),
+        mem_mb=_get(init, "memMb", ip, int, default_init.mem_mb, what),
+        rate=float(_get(init, "rate", ip, _NUM, 1.0, what)) if gpu else 1.0)
+    kw: dict[str, Any] = {"name": name, "kind": StageKind(kind), "initial": initial,
+                          "replicas_min": r_min, "replicas_max": r_max}
+    for key, v in (("cpu_m_min", cpu_min), ("cpu_m_max", cpu_max), ("mem_mb_min", mem_min),
+                   ("mem_mb_max", mem_max)):
+        if v is not None:
+            kw[key] = v
+    if gpu:
+        kw["gpus_per_replica"] = float(_get(s, "gpusPerReplica", path, _NUM, 1.0, what))
+    try:
+        spec = StageSpec(**kw)
+    except SpecError as e:
+        raise AutoscalerSpecError(f"{what}{path}: {e}") from None
+    plain_obj = _get(s, "kubernetesDeployment", path, dict, None, what)
+    serve_dep = _get(s, "deployment", path, str, None, what)
+    if plain_obj is not None and serve_dep is not None:
+        raise AutoscalerSpecError(f"{what}{path}: set either deployment (a Serve deployment) "
+                                  "or kubernetesDeployment, not both")
+    plain = None
+    if plain_obj is not None:
+        pp = f"{path}.kubernetesDeployment"
+        plain = PlainDeployment(_get(plain_obj, "name", pp, str, what=what),
+                                _get(plain_obj, "container", pp, str, what=what))
+        if gpu:
+            raise AutoscalerSpecError(f"{what}{path}: a GPU stage's rate is set through the "
+                                      "Serve deployment; kubernetesDeployment is for CPU stages")
+    binding = StageBinding(name, None if plain else (serve_dep or name), plain)
+    return spec, binding
+
+
+def _parse(obj: Mapping[str, Any]) -> AutoscalerSpec:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace") or "default"
+    name = meta.get("name")
+    if not name:
+        raise AutoscalerSpecError("PipelineAutoscaler without metadata.name")
+    what = f"PipelineAutoscaler {ns}/{name}: "
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        raise AutoscalerSpecError(f"{what}spec: required mapping")
+    rs = _get(spec, "rayService", "spec", dict, what=what)
+    rs_name = _get(rs, "name", "spec.rayService", str, what=what)
+    rs_ns = _get(rs, "namespace", "spec.rayService", str, ns, what)
+    app = _get(spec, "application", "spec", str, what=what)
+    sla = _get(spec, "slaMs", "spec", _NUM, what=what)
+    cl = _get(spec, "cluster", "spec", dict, {}, what)
+    default_cluster = ClusterResources(cpus=64, memory_mb=256 * 1024, gpus=2)
+    cluster = ClusterResources(
+        cpus=float(_get(cl, "cpus", "spec.cluster", _NUM, default_cluster.cpus, what)),
+        memory_mb=float(_get(cl, "memoryMb", "spec.cluster", _NUM, default_cluster.memory_mb,
+                             what)),
+        gpus=float(_get(cl, "gpus", "spec.cluster", _NUM, default_cluster.gpus, what)))
+    raw_stages = _get(spec, "stages", "spec", list, what=what)
+    if not raw_stages:
+        raise AutoscalerSpecError(f"{what}spec.stages: needs at least one stage")
+    parsed = [_stage(s, i, what) for i, s in enumerate(raw_stages)]
+    try:
+        pipeline = PipelineSpec(name=app, stages=tuple(p[0] for p in parsed), sla_ms=sla,
+                                cluster=cluster)
+    except SpecError as e:
+        raise AutoscalerSpecError(f"{what}spec: {e}") from None
+
+    pol = _get(spec, "policy", "spec", dict, {}, what)
+    policy_name = _get(pol, "name", "spec.policy", str, "sair", what)
+    overrides = dict(_get(spec, "config", "spec", dict, {}, what))
+    lm = {k: _get(pol, k, "spec.policy", str, None, what) for k in ("backend", "url", "model")}
+    lm_set = {k: v for k, v in lm.items() if v is not None}
+    if lm_set:
+        overrides["policy"] = {**(overrides.get("policy") or {}), **lm_set}
+    try:
+        cfg = SAIRConfig.from_dict(overrides)
+    except ConfigError as e:
+        raise AutoscalerSpecError(f"{what}spec.config.{e}") from None
+
+    met = _get(spec, "metrics", "spec", dict, {}, what)
+    source = _get(met, "source", "spec.metrics", str, "ray", what)
+    if source not in METRICS_SOURCES:
+        raise AutoscalerSpecError(f"{what}spec.metrics.source: expected one of "
+                                  f"{', '.join(METRICS_SOURCES)}, got {source!r}")
+    profile = _get(met, "profile", "spec.metrics", str, None, what)
+    if source == "simulator" and profile is None:
+        raise AutoscalerSpecError(f"{what}spec.metrics.profile: required when source is "
+                                  "'simulator'")
+    address = _get(met, "address", "spec.metrics", str, None, what)
+    timeout_s = float(_get(met, "timeoutSeconds", "spec.metrics", _NUM, 10.0, what))
+    if not timeout_s > 0:
+        raise AutoscalerSpecError(f"{what}spec.metrics.timeoutSeconds: must be > 0")
+    generation = int(meta.get("generation") or 0)
+    return AutoscalerSpec(
+        namespace=ns, name=name, generation=generation, rayservice_namespace=rs_ns,
+        rayservice_name=rs_name, application=app, pipeline=pipeline,
+        bindings=tuple(p[1] for p in parsed), policy=PolicySpec(policy_name),
+        metrics=MetricsSpec(source, profile, address, timeout_s), config=cfg,
+        suspend=bool(_get(spec, "suspend", "spec", bool, False, what)))

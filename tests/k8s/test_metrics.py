@@ -1,0 +1,50 @@
+"""Metrics sources of the Kubernetes backend: live Ray windows as Contexts, the simulator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sair_ray.observe.window import AppWindow, StageWindow
+from sair_ray.operator.metrics import MetricsSourceError, SimulatedMetrics, context_from_window
+from sair_ray.types import StageAllocation
+from tests.factories import pipeline
+
+ALLOC = {"preprocess": StageAllocation(2, 1000, 1024),
+         "inference": StageAllocation(1, 2000, 4096, 0.5),
+         "postprocess": StageAllocation(1, 1000, 1024)}
+
+
+def test_window_becomes_a_context() -> None:
+    w = AppWindow("imgcls", 0.0, 30.0, stages={
+        "preprocess": StageWindow("preprocess", replicas=2, completions=300, p50_ms=40,
+                                  p99_ms=90, queue_delay_ms=5, queue=3, util=0.8,
+                                  throughput_rps=10),
+        "inference": StageWindow("inference", completions=300, p50_ms=5, p99_ms=9,
+                                 util=0.1, throughput_rps=10, gpu_util=0.3)},
+        arrivals=300, arrival_rate=10, completions=300, errors=2, p50_ms=60, p99_ms=120)
+    ctx = context_from_window(w, pipeline(), ALLOC)
+    pre, inf, post = ctx.stages
+    assert (pre.replicas, pre.queue, pre.util, pre.p99_ms) == (2, 3.0, 0.8, 90.0)
+    assert inf.util == pytest.approx(0.6)  # 30 % busy at rate 0.5 = 60 % of its quota
+    assert inf.rate == 0.5
+    assert (post.throughput_rps, post.p99_ms) == (0.0, 0.0)  # not reported yet: idle
+    assert (ctx.time, ctx.arrival_rate, ctx.p99_ms, ctx.errors) == (30.0, 10.0, 120.0, 2)
+
+
+def test_arrivals_without_completions_mean_unknown_latency() -> None:
+    w = AppWindow("imgcls", 0.0, 30.0, arrivals=50, arrival_rate=50 / 30, completions=0)
+    ctx = context_from_window(w, pipeline(), ALLOC)
+    assert math.isnan(ctx.p99_ms)
+
+
+def test_simulator_must_model_the_same_stages() -> None:
+    with pytest.raises(MetricsSourceError, match=r"has stages \['preprocess', 'inference', "
+                                                 r"'postprocess'\].*names \['a', 'b'\]"):
+        SimulatedMetrics("image_classification", ("a", "b"), start=0.0)
+
+
+def test_unknown_profile_is_named() -> None:
+    with pytest.raises(MetricsSourceError, match="no shipped profile 'nope'"):
+        SimulatedMetrics("nope", ("a",), start=0.0)

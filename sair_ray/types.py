@@ -8,6 +8,7 @@ types, so the decision log and the memory can be replayed without this code's cl
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
@@ -23,6 +24,17 @@ class StageKind(StrEnum):
 
 class SpecError(ValueError):
     """A pipeline or stage description is inconsistent."""
+
+
+# Names go verbatim into the policy LLM's prompt and into metric labels: a plain charset
+# keeps instructions ("ignore previous ...") and markup out of both.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def check_name(kind: str, name: object) -> None:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise SpecError(f"{kind} name {name!r} is not allowed: use 1-64 letters, digits, "
+                        "'_', '.' or '-', starting with a letter or digit")
 
 
 @dataclass(frozen=True)
@@ -77,8 +89,7 @@ class StageSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StageKind(self.kind))
-        if not self.name or not isinstance(self.name, str):
-            raise SpecError("stage name must be a non-empty string")
+        check_name("stage", self.name)
         where = f"stage {self.name!r}"
         if not 0 < self.cpu_m_min <= self.cpu_m_max:
             raise SpecError(f"{where}: need 0 < cpu_m_min <= cpu_m_max "
@@ -132,6 +143,7 @@ class PipelineSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
+        check_name("pipeline", self.name)
         if not self.stages:
             raise SpecError(f"pipeline {self.name!r} has no stages")
         names = [s.name for s in self.stages]

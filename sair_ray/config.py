@@ -157,6 +157,10 @@ class PolicyConfig(_Validated):
                          "candidate actions (schema-constrained; suits small models); "
                          "'free': any action in the SPEC 6 schema.",
                          choices=("candidates", "free"))
+    fallback: str = _opt("hold", "What a round does when the LLM fails (late, down, "
+                         "unparseable reply): 'hold' keeps the current allocation; a "
+                         "baseline name lets that rule decide the round instead.",
+                         choices=("hold", "threshold", "hpa", "ray_serve", "static"))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ the operator build a policy by name:
 
 | name | policy |
 |---|---|
-| `sair` | the LLM policy of SPEC 6 (`llm.LLMPolicy`) on the endpoint `cfg.policy` names |
+| `sair` | the LLM policy of SPEC 6 (`llm.LLMPolicy`), behind `policy.fallback` |
 | `sair-retrieval` | SAIR with the LLM replaced by "replay the best retrieved episode" |
 | any of `sair_ray.baselines.BASELINES` | that baseline (static, hpa, vpa, threshold, ...) |
 """
@@ -25,8 +25,12 @@ def make_policy(name: str, cfg: SAIRConfig, *, pipeline: PipelineSpec, **params:
     """A policy by name; `params` go to the baseline's constructor (e.g. `profile` for
     vpa, `workload` for the oracle) or to `LLMPolicy` (`endpoint`, `threads`)."""
     if name == "sair":
+        from sair_ray.policy.fallback import WithFallback
         from sair_ray.policy.llm import LLMPolicy
-        return LLMPolicy(cfg, pipeline, **params)
+        llm = LLMPolicy(cfg, pipeline, **params)
+        if cfg.policy.fallback == "hold":
+            return llm
+        return WithFallback(llm, make_policy(cfg.policy.fallback, cfg, pipeline=pipeline))
     if name == "sair-retrieval":
         from sair_ray.policy.retrieval_only import RetrievalOnlyPolicy
         return RetrievalOnlyPolicy(cfg.validator)

@@ -123,6 +123,9 @@ class MemoryConfig(_Validated):
         4096, "Journal rows compacted into one immutable Parquet segment.", 1, 10**7)
     fsync: bool = _opt(
         True, "fsync the journal on every add (survives power loss, not just a crash).")
+    max_experiences: int = _opt(
+        50_000, "Cap on stored experiences; above it the memory is compacted to 90 % of the "
+        "cap, keeping Pareto-frontier and high-surprisal episodes.", 100, 10**9)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,6 +22,7 @@ from sair_ray.config import SAIRConfig
 from sair_ray.cost import CostModel
 from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi
+from sair_ray.eviction import enforce_cap
 from sair_ray.exploration import EpsilonSchedule, probe
 from sair_ray.memory import ExperienceMemory
 from sair_ray.pareto import BucketedFrontiers
@@ -56,7 +57,13 @@ class Counters:
     clamped: int = 0
     stored: int = 0
     memory_failures: int = 0
-    rewards: list[float] = field(default_factory=list)
+    evicted: int = 0
+    reward_sum: float = 0.0   # running totals: a long-lived controller keeps no per-round list
+    rewarded: int = 0
+
+    @property
+    def mean_reward(self) -> float:
+        return self.reward_sum / self.rewarded if self.rewarded else float("nan")
 
 
 class _PerfClock(Protocol):
@@ -184,7 +191,8 @@ class Controller:
             v_prev=p.context.violation,
             up_sum=capacity_added(p.action, self.cfg.validator),
             n_stages=len(self.pipeline.stages))
-        self.counters.rewards.append(rb.total)
+        self.counters.reward_sum += rb.total
+        self.counters.rewarded += 1
         stored = False
         if self.learn and self.memory is not None:
             exp = Experience(id=uuid.uuid4().hex, time=p.context.time, app=self.pipeline.name,
@@ -193,6 +201,9 @@ class Controller:
                              latency_ms=ctx.p99_ms, cost_rate=ctx.cost_rate)
             try:
                 stored = self.memory.remember(exp, self.cfg.reward)
+                if stored:
+                    self.counters.evicted += enforce_cap(self.memory,
+                                                         self.cfg.memory.max_experiences)
             except (OSError, ValueError) as e:  # disk full, bad vector: the loop goes on
                 log.error("memory write failed, experience %s not stored: %r", exp.id, e)
                 self.counters.memory_failures += 1

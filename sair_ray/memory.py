@@ -235,7 +235,7 @@ class ExperienceMemory:
             ids = t.column("id").to_pylist()
             keep = [i for i, x in enumerate(ids) if x not in self._ids]
             if len(keep) < len(ids):
-                t = t.take(keep)
+                t = t.take(pa.array(keep, type=pa.int64()))  # [] must stay typed
             self._ids.update(ids)
             self._append_table(t)
         fresh = []
@@ -481,6 +481,42 @@ class ExperienceMemory:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(seg_dir)
+
+    def compact(self, keep: np.ndarray) -> int:
+        """Rewrite the memory as rows `keep` only (eviction); returns how many were dropped.
+
+        Crash-safe by ordering: the kept rows go to a new segment (temp file, fsync,
+        rename) before the old segments are deleted. A crash in between leaves old and new
+        segments side by side; load drops duplicate ids, so nothing acknowledged is lost
+        (the eviction is merely undone). Rebuilds the index and neighbour graph: O(n)."""
+        keep = np.unique(np.asarray(keep, dtype=np.int64))
+        if len(keep) and (keep[0] < 0 or keep[-1] >= self._n):
+            raise IndexError(f"compact: rows must be in [0, {self._n})")
+        self.flush_segment()
+        seg_dir = self.path / "segments"
+        old = sorted(seg_dir.glob("seg-*.parquet"))
+        table = pa.concat_tables(self._segments) if self._segments else \
+            pa.Table.from_pylist([], schema=schema(self.dim))
+        kept = table.take(pa.array(keep))
+        if kept.num_rows:
+            self._write_segment(kept)
+        for f in old:
+            f.unlink()
+        _fsync_dir(seg_dir)
+        dropped = self._n - kept.num_rows
+        self._n, self._segments, self._seg_ends, self._linked = 0, [], [], 0
+        self._ids = set(kept.column("id").to_pylist())
+        self._append_table(kept)
+        self._rebuild_index()
+        return dropped
+
+    def table(self) -> pa.Table:
+        """Every stored experience as one Arrow table, in row order."""
+        parts = [*self._segments]
+        if self._pending:
+            parts.append(pa.Table.from_pylist(self._pending, schema=schema(self.dim)))
+        return pa.concat_tables(parts) if parts else \
+            pa.Table.from_pylist([], schema=schema(self.dim))
 
     # -- reading -------------------------------------------------------------------------
     @property

@@ -85,16 +85,15 @@ def test_rounds_reward_remember_and_log(tmp_path):
     assert decisions[1].action == {} and any("cooldown" in c["reason"]
                                              for c in decisions[1].clamps)
     # The first reward judges the t=30 action by the t=60 window: 900 -> 400 ms.
-    first = ctl.counters.rewards[0]
-    assert first > 0 and ctl.counters.stored >= 1
     stored = mem.get(0)
+    assert stored.reward > 0 and ctl.counters.stored >= 1
     assert stored.context["p99_ms"] == 900.0 and stored.action == {
         "preprocess": {"replicas": 1, "cpu_m": 0, "mem_mb": 0, "rate": 0.0}}
     # Windows start settle_s after an action.
     assert backend.windows[1] == (40.0, 60.0) and backend.windows[0] == (0.0, 30.0)
     ctl.close()
     merged = DecisionLog.merged(tmp_path / "decisions.jsonl")
-    assert len(merged) == 4 and merged[0]["reward"]["total"] == first
+    assert len(merged) == 4 and merged[0]["reward"]["total"] == stored.reward
     assert merged[0]["rationale"] == "more preprocessing" and merged[-1]["reward"] is None
     table = DecisionLog.to_parquet(tmp_path / "decisions.jsonl", tmp_path / "d.parquet")
     assert table.exists()

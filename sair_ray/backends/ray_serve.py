@@ -1,0 +1,555 @@
+"""RayServeBackend: the Backend port on a live Ray Serve application.
+
+Where each part comes from (docs/live.md has the full table):
+
+- **pipeline**: the app's profile (`sair_ray/profiles/<app>.yaml` or a user YAML); stage
+  names are Serve deployment names. The cluster size comes from `ray.cluster_resources()`.
+- **observe**: per-stage and end-to-end metrics from the app's metrics actor
+  (`sair_ray.observe.MetricsClient`); replica targets and `ray_actor_options` (CPU,
+  memory, GPUs) from the dashboard's Serve REST API (`GET /api/serve/applications/`);
+  GPU rate from each GPU replica's cuda_tb shim socket.
+- **apply**: replica counts through Serve's external-scaler API
+  (`POST /api/v1/applications/{app}/deployments/{dep}/scale`); CPU and memory through a
+  redeploy of the app's declarative config with new `ray_actor_options` (a rolling
+  restart); GPU rate through the shim sockets (`SET rate`).
+
+The backend never sleeps and never reads a clock: `observe` and `apply` get their times
+from the controller. Ray is imported inside the methods that need it, so this module can
+be imported (and its pure helpers tested) without a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sair_ray.sim.profiles import Profile, ProfileError, load_profile
+from sair_ray.types import (
+    ClusterResources,
+    Context,
+    PipelineSpec,
+    StageAllocation,
+    StageKind,
+    StageObservation,
+    StageSpec,
+)
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+SHIM_SOCKET_ENV = "CUDA_TB_SOCKET"
+DEFAULT_NUM_CPUS = 1.0  # what a Serve replica reserves when ray_actor_options sets no num_cpus
+_DEPLOY_KEYS = ("proxy_location", "http_options", "grpc_options", "logging_config",
+                "target_capacity")
+
+
+class ServeSetupError(ValueError):
+    """The application cannot be driven by SAIR as deployed; the message says how to fix it."""
+
+
+class ServeAdminError(RuntimeError):
+    """The dashboard's Serve REST API refused a request or could not be reached."""
+
+
+# -- the dashboard REST API ---------------------------------------------------------------
+class ServeAdmin:
+    """Minimal client of the Serve REST API on the Ray dashboard (stdlib HTTP only)."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        if "://" not in url:
+            url = f"http://{url}"
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"ServeAdmin({self.url!r})"
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **_ray_auth_headers()})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                text = resp.read().decode() or "null"
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:500]
+            raise ServeAdminError(f"{method} {self.url}{path} -> HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ServeAdminError(f"cannot reach the Ray dashboard at {self.url} "
+                                  f"({method} {path}): {reason}") from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    def details(self) -> dict[str, Any]:
+        """Serve instance details: every application, deployment and replica."""
+        out = self._request("GET", "/api/serve/applications/")
+        if not isinstance(out, dict):
+            raise ServeAdminError(f"unexpected reply from {self.url}/api/serve/applications/")
+        return out
+
+    def scale(self, app: str, deployment: str, replicas: int) -> None:
+        """Set a deployment's target replica count (Serve's external-scaler API)."""
+        path = (f"/api/v1/applications/{urllib.parse.quote(app, safe='')}/deployments/"
+                f"{urllib.parse.quote(deployment, safe='')}/scale")
+        self._request("POST", path, {"target_num_replicas": int(replicas)})
+
+    def deploy(self, config: Mapping[str, Any]) -> None:
+        """Apply a whole declarative Serve config (every declaratively deployed app)."""
+        self._request("PUT", "/api/serve/applications/", dict(config))
+
+
+def _ray_auth_headers() -> dict[str, str]:
+    """The dashboard's bearer token when the cluster uses Ray token authentication (the
+    default for clusters started by `ray.init()` since Ray 2.5x); {} otherwise or when Ray
+    is not importable. Ray reads the token from RAY_AUTH_TOKEN or ~/.ray/auth_token."""
+    try:
+        from ray._private.authentication.http_token_authentication import (
+            get_auth_headers_if_auth_enabled,
+        )
+
+        return dict(get_auth_headers_if_auth_enabled({}))
+    except Exception:  # no Ray, or an API change: talk to the dashboard without a token
+        return {}
+
+
+def discover_dashboard_url() -> str:
+    """The dashboard address of the Ray cluster this process is connected to."""
+    from ray._private.services import get_webui_url_from_internal_kv
+
+    url = get_webui_url_from_internal_kv()
+    if not url:
+        raise ServeAdminError("this Ray cluster runs no dashboard (start Ray with "
+                              "include_dashboard=True) and no dashboard URL was given; SAIR "
+                              "needs the dashboard's Serve REST API to scale deployments")
+    return url
+
+
+# -- what the REST API says about one deployment ----------------------------------------------
+@dataclass(frozen=True)
+class DeploymentView:
+    """One deployment as the Serve REST API reports it."""
+
+    name: str
+    target_replicas: int
+    running_replicas: int
+    num_cpus: float
+    memory_mb: float | None      # None: the deployment reserves no memory in Ray
+    num_gpus: float
+    pids: tuple[int, ...]        # processes of RUNNING replicas
+    shim_socket: str | None      # CUDA_TB_SOCKET template, if the replicas load the shim
+    actor_options: Mapping[str, Any]
+    status: str
+
+    @classmethod
+    def from_details(cls, d: Mapping[str, Any]) -> DeploymentView:
+        opts = dict(d.get("deployment_config", {}).get("ray_actor_options") or {})
+        env = ((opts.get("runtime_env") or {}).get("env_vars") or {})
+        running = [r for r in d.get("replicas", []) if r.get("state") == "RUNNING"]
+        memory = opts.get("memory")
+        return cls(
+            name=d["name"], target_replicas=int(d.get("target_num_replicas", 0)),
+            running_replicas=len(running),
+            num_cpus=float(opts.get("num_cpus", DEFAULT_NUM_CPUS)),
+            memory_mb=float(memory) / MB if memory else None,
+            num_gpus=float(opts.get("num_gpus") or 0.0),
+            pids=tuple(int(r["pid"]) for r in running if r.get("pid")),
+            shim_socket=env.get(SHIM_SOCKET_ENV) or None, actor_options=opts,
+            status=str(d.get("status", "")))
+
+
+@dataclass(frozen=True)
+class AppView:
+    """One Serve application: how it was deployed and its deployments."""
+
+    name: str
+    status: str
+    declarative: bool
+    external_scaler_enabled: bool
+    deployments: Mapping[str, DeploymentView]
+    deployed_config: Mapping[str, Any] | None   # the declarative config, None if imperative
+
+    @classmethod
+    def from_details(cls, details: Mapping[str, Any], app: str) -> AppView:
+        apps = details.get("applications") or {}
+        if app not in apps:
+            have = ", ".join(sorted(apps)) or "none"
+            raise ServeSetupError(f"no Serve application named {app!r} is running "
+                                  f"(running applications: {have})")
+        a = apps[app]
+        return cls(
+            name=app, status=str(a.get("status", "")),
+            declarative=a.get("source") == "declarative",
+            external_scaler_enabled=bool(a.get("external_scaler_enabled")),
+            deployments={n: DeploymentView.from_details(d)
+                         for n, d in (a.get("deployments") or {}).items()},
+            deployed_config=a.get("deployed_app_config"))
+
+
+def check_app(view: AppView, pipeline: PipelineSpec) -> None:
+    """Refuse, with the fix in the message, an app SAIR cannot drive."""
+    if not view.external_scaler_enabled:
+        raise ServeSetupError(
+            f"Serve application {view.name!r} was deployed without "
+            "`external_scaler_enabled: true`, so its replica counts cannot be set from "
+            "outside; redeploy it with that key in its application config (serve deploy / "
+            "serve run <config.yaml>) or serve.run(..., external_scaler_enabled=True)")
+    missing = [s for s in pipeline.stage_names if s not in view.deployments]
+    if missing:
+        raise ServeSetupError(
+            f"Serve application {view.name!r} has no deployment(s) {', '.join(missing)} "
+            f"that profile {pipeline.name!r} names as stages; its deployments are "
+            f"{', '.join(sorted(view.deployments))}. Stage names must equal deployment names "
+            "(pass a profile whose stages match)")
+
+
+# -- changes SAIR did not make ------------------------------------------------------------
+@dataclass(frozen=True)
+class ExternalChange:
+    """A stage setting that changed without SAIR (e.g. a user's redeploy); SAIR adopts it."""
+
+    time: float
+    stage: str
+    field: str
+    expected: float
+    observed: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ActuationError:
+    time: float
+    stage: str
+    what: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_config_update(details: Mapping[str, Any], app: str,
+                        changes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The whole-cluster declarative Serve config with `changes` applied to `app`.
+
+    `changes` maps deployment name -> {"num_replicas": n, "ray_actor_options": {...}}.
+    A config PUT replaces every declaratively deployed app, so all of them are carried
+    over unchanged; in `app` only the named deployments' entries change. A deployment's
+    `ray_actor_options` override replaces the code's options as a whole, so callers pass
+    the complete options (the effective ones with only num_cpus/memory changed).
+    """
+    apps = details.get("applications") or {}
+    configs = []
+    for name, a in apps.items():
+        cfg = a.get("deployed_app_config")
+        if a.get("source") != "declarative" or not cfg:
+            continue
+        cfg = json.loads(json.dumps(cfg))  # deep copy, plain JSON
+        if name == app:
+            entries = {d["name"]: d for d in cfg.setdefault("deployments", [])}
+            for dep, fields in changes.items():
+                entry = entries.get(dep)
+                if entry is None:
+                    entry = {"name": dep}
+                    cfg["deployments"].append(entry)
+                entry.update(json.loads(json.dumps(dict(fields))))
+        configs.append(cfg)
+    if app not in {c["name"] for c in configs}:
+        raise ServeSetupError(f"Serve application {app!r} was deployed imperatively "
+                              "(serve.run); SAIR can change CPU/memory only of apps deployed "
+                              "from a config (serve deploy / serve run <config.yaml>)")
+    out: dict[str, Any] = {k: details[k] for k in _DEPLOY_KEYS if details.get(k) is not None}
+    out["applications"] = configs
+    return out
+
+
+# -- the backend ------------------------------------------------------------------------------
+class RayServeBackend:
+    """The Backend port on a running Serve application (see the module docstring).
+
+    `profile`: a Profile, a path to a profile YAML, or None for the shipped profile named
+    like the app. `metrics`: anything with `window(start, end) -> AppWindow` (default: the
+    app's `sair_ray.observe.MetricsClient`). `resources`: returns (total, available) Ray
+    resources (default: `ray.cluster_resources()`, `ray.available_resources()`).
+    """
+
+    def __init__(self, app: str, *, profile: Profile | str | Path | None = None,
+                 admin: ServeAdmin | None = None, dashboard_url: str | None = None,
+                 metrics: Any = None,
+                 resources: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]]
+                 | None = None,
+                 history: int = 200) -> None:
+        self.app = app
+        self.profile = _load_profile(app, profile)
+        self.admin = admin or ServeAdmin(dashboard_url or discover_dashboard_url())
+        self._resources = resources or _ray_resources
+        view = AppView.from_details(self.admin.details(), app)
+        check_app(view, self.profile.pipeline)
+        self._pipeline = self._live_pipeline(view)
+        self._metrics = metrics
+        self._rates: dict[str, float] = {}
+        self._expected: dict[str, StageAllocation] | None = None
+        self.external_changes: deque[ExternalChange] = deque(maxlen=history)
+        self.actuation_errors: deque[ActuationError] = deque(maxlen=history)
+        self._warned: set[str] = set()
+        self.last_view: AppView = view
+
+    # -- Backend protocol ---------------------------------------------------------------
+    @property
+    def pipeline(self) -> PipelineSpec:
+        return self._pipeline
+
+    def observe(self, start: float, end: float) -> Context:
+        view = self._view()
+        allocation = self._allocation(view)
+        self._detect_external(allocation, end)
+        w = self.metrics.window(start, end)
+        stages = []
+        for spec in self._pipeline.stages:
+            a = allocation[spec.name]
+            sw = w.stages.get(spec.name)
+            stages.append(_stage_observation(spec, a, sw))
+        p50, p99 = _finite_or(w.p50_ms, 0.0), _finite_or(w.p99_ms, 0.0)
+        if w.completions == 0 and (w.arrivals > 0 or w.in_flight > 0):
+            # Requests came but none finished: the latency is unknown, i.e. the worst case.
+            p50 = p99 = math.nan
+        return Context(app=self.app, time=end, stages=tuple(stages),
+                       arrival_rate=w.arrival_rate, p50_ms=p50, p99_ms=p99,
+                       sla_ms=self._pipeline.sla_ms, errors=int(w.errors), drops=0)
+
+    def apply(self, target: Mapping[str, StageAllocation], now: float) -> None:
+        """Move stages to `target`. Each step that fails is logged and recorded in
+        `actuation_errors`; the next observation shows what actually happened."""
+        view = self._view()
+        current = self._allocation(view)
+        resources: dict[str, StageAllocation] = {}
+        failed: set[str] = set()
+        for name, t in target.items():
+            spec = self._pipeline.stage(name)
+            cur = current[name]
+            if t.replicas != cur.replicas:
+                try:
+                    self.admin.scale(self.app, name, t.replicas)
+                    log.info("%s/%s: replicas %d -> %d", self.app, name, cur.replicas,
+                             t.replicas)
+                except ServeAdminError as e:
+                    self._error(now, name, "replicas", e)
+                    failed.add(name)
+            if not spec.is_gpu and (t.cpu_m != cur.cpu_m or t.mem_mb != cur.mem_mb):
+                resources[name] = t
+            if spec.is_gpu and not math.isclose(t.rate, cur.rate):
+                self._set_rate(view.deployments[name], name, t.rate, now)
+        if resources and not self._redeploy(view, resources, target, now):
+            failed.update(resources)
+        # What the next observation should show; anything else changed outside SAIR.
+        expected = dict(current)
+        expected.update({n: t for n, t in target.items() if n in expected and n not in failed})
+        self._expected = expected
+
+    def free_resources(self) -> ClusterResources:
+        _, avail = self._resources()
+        return _cluster(avail)
+
+    def sync(self, now: float) -> list[ExternalChange]:
+        """Compare the deployed allocation with what SAIR last left, record differences in
+        `external_changes` and adopt them; returns the new ones. The live loop calls this
+        before each round so the round already treats a user's change as the status quo."""
+        return self._detect_external(self._allocation(self._view()), now)
+
+    # -- parts --------------------------------------------------------------------------------
+    @property
+    def metrics(self) -> Any:
+        if self._metrics is None:
+            from sair_ray.observe import MetricsClient
+
+            self._metrics = MetricsClient(self.app)
+        return self._metrics
+
+    def _view(self) -> AppView:
+        view = AppView.from_details(self.admin.details(), self.app)
+        self.last_view = view
+        return view
+
+    def _live_pipeline(self, view: AppView) -> PipelineSpec:
+        """The profile's pipeline adjusted to how the app is really deployed."""
+        total, _ = self._resources()
+        stages = []
+        for spec in self.profile.pipeline.stages:
+            d = view.deployments[spec.name]
+            if spec.is_gpu and d.num_gpus <= 0:
+                # No GPU reserved: the stage runs on CPU here, so it is a CPU stage (CPU and
+                # memory actions, CPU cost) rather than a GPU stage with a rate to move.
+                log.warning("%s/%s: profile says GPU but the deployment reserves no GPU; "
+                            "treating it as a CPU stage", self.app, spec.name)
+                spec = replace(spec, kind=StageKind.CPU,
+                               initial=replace(spec.initial, rate=1.0))
+            elif spec.is_gpu:
+                spec = replace(spec, gpus_per_replica=d.num_gpus)
+            if not view.declarative and not spec.is_gpu:
+                # An imperatively deployed app cannot be redeployed from here: pin CPU and
+                # memory to what it has, so SAIR only moves replicas.
+                cpu_m = round(d.num_cpus * 1000)
+                mem = round(d.memory_mb) if d.memory_mb else spec.initial.mem_mb
+                log.warning("%s was deployed with serve.run (imperative): SAIR scales "
+                            "replicas of %s but cannot change its CPU/memory", self.app,
+                            spec.name)
+                spec = replace(spec, cpu_m_min=max(1, cpu_m), cpu_m_max=max(1, cpu_m),
+                               mem_mb_min=mem, mem_mb_max=mem,
+                               initial=replace(spec.initial, cpu_m=max(1, cpu_m), mem_mb=mem))
+            stages.append(spec)
+        return replace(self.profile.pipeline, stages=tuple(stages), cluster=_cluster(total))
+
+    def _allocation(self, view: AppView) -> dict[str, StageAllocation]:
+        out = {}
+        for spec in self._pipeline.stages:
+            d = view.deployments.get(spec.name)
+            if d is None:
+                raise ServeSetupError(f"deployment {spec.name!r} of app {self.app!r} "
+                                      "disappeared (was the app redeployed without it?)")
+            mem = round(d.memory_mb) if d.memory_mb else spec.initial.mem_mb
+            rate = self._rate(d) if spec.is_gpu else 1.0
+            out[spec.name] = StageAllocation(d.target_replicas, round(d.num_cpus * 1000), mem,
+                                             rate)
+        return out
+
+    def _rate(self, d: DeploymentView) -> float:
+        """The GPU rate in force: read from a replica's shim, else the last one SAIR set
+        (1.0 without a shim: nothing throttles the stage)."""
+        if d.shim_socket and d.pids:
+            from cuda_tb import ShimClient, ShimError
+
+            path = d.shim_socket.replace("%p", str(d.pids[0])).replace("%%", "%")
+            try:
+                rate = ShimClient(path, timeout=1.0).get_rate()
+                self._rates[d.name] = rate
+                return rate
+            except (ShimError, OSError, ValueError, KeyError) as e:
+                log.debug("%s/%s: cannot read the GPU rate from %s: %s", self.app, d.name,
+                          path, e)
+        return self._rates.get(d.name, 1.0)
+
+    def _detect_external(self, allocation: Mapping[str, StageAllocation],
+                         now: float) -> list[ExternalChange]:
+        new = []
+        if self._expected is not None:
+            for name, seen in allocation.items():
+                exp = self._expected.get(name)
+                if exp is None:
+                    continue
+                for field in ("replicas", "cpu_m", "mem_mb"):
+                    e, o = getattr(exp, field), getattr(seen, field)
+                    if e != o:
+                        ch = ExternalChange(now, name, field, e, o)
+                        self.external_changes.append(ch)
+                        new.append(ch)
+                        log.warning("%s/%s: %s changed outside SAIR (%s -> %s); adopting it",
+                                    self.app, name, field, e, o)
+        self._expected = dict(allocation)
+        return new
+
+    def _redeploy(self, view: AppView, resources: Mapping[str, StageAllocation],
+                  target: Mapping[str, StageAllocation], now: float) -> bool:
+        changes = {}
+        for name, t in resources.items():
+            d = view.deployments[name]
+            opts = json.loads(json.dumps(dict(d.actor_options)))
+            opts["num_cpus"] = t.cpu_m / 1000
+            if d.memory_mb is not None or t.mem_mb != self._nominal_mem(name):
+                opts["memory"] = int(t.mem_mb) * MB
+            # num_replicas too: a changed deployment config resets the target to it.
+            changes[name] = {"num_replicas": target[name].replicas, "ray_actor_options": opts}
+        try:
+            self.admin.deploy(build_config_update(self.admin.details(), self.app, changes))
+            log.info("%s: redeployed %s with new CPU/memory (rolling restart)", self.app,
+                     ", ".join(changes))
+            return True
+        except (ServeAdminError, ServeSetupError) as e:
+            for name in changes:
+                self._error(now, name, "resources", e)
+            return False
+
+    def _nominal_mem(self, name: str) -> int:
+        return self._pipeline.stage(name).initial.mem_mb
+
+    def _set_rate(self, d: DeploymentView, name: str, rate: float, now: float) -> None:
+        if not d.shim_socket:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("%s/%s: replicas do not load the cuda_tb shim (no %s in their "
+                            "runtime_env), so the GPU rate cannot be set", self.app, name,
+                            SHIM_SOCKET_ENV)
+            self._error(now, name, "rate", ServeSetupError("no cuda_tb shim"))
+            return
+        from cuda_tb import ShimClient, ShimError
+
+        failed = []
+        for pid in d.pids:
+            path = d.shim_socket.replace("%p", str(pid)).replace("%%", "%")
+            try:
+                ShimClient(path).set_rate(rate)
+            except (ShimError, OSError, ValueError) as e:
+                failed.append(f"pid {pid}: {e}")
+        if failed:
+            self._error(now, name, "rate", RuntimeError("; ".join(failed)))
+        if len(failed) < len(d.pids):
+            self._rates[name] = rate
+
+    def _error(self, now: float, stage: str, what: str, e: Exception) -> None:
+        log.error("%s/%s: could not change %s: %s", self.app, stage, what, e)
+        self.actuation_errors.append(ActuationError(now, stage, what, str(e)))
+
+
+def _load_profile(app: str, profile: Profile | str | Path | None) -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        p = load_profile(profile if profile is not None else app)
+    except ProfileError as e:
+        if profile is None:
+            raise ServeSetupError(f"no shipped profile for app {app!r}: pass the path of a "
+                                  f"profile YAML whose stages are the app's deployments ({e})"
+                                  ) from None
+        raise ServeSetupError(str(e)) from None
+    return p
+
+
+def _stage_observation(spec: StageSpec, a: StageAllocation, sw: Any) -> StageObservation:
+    if sw is None:  # the stage has not reported yet (no request reached it)
+        return StageObservation(spec.name, spec.kind, a.replicas, a.cpu_m, a.mem_mb, a.rate)
+    util = _finite_or(sw.util, 0.0)
+    if spec.is_gpu and sw.gpu_util is not None:
+        util = sw.gpu_util / max(a.rate, 1e-9)  # SPEC 2: GPU busy time normalised to quota
+    return StageObservation(
+        name=spec.name, kind=spec.kind, replicas=a.replicas, cpu_m=a.cpu_m, mem_mb=a.mem_mb,
+        rate=a.rate, queue=float(sw.queue), util=util, p50_ms=_finite_or(sw.p50_ms, 0.0),
+        p99_ms=_finite_or(sw.p99_ms, 0.0), queue_delay_ms=_finite_or(sw.queue_delay_ms, 0.0),
+        throughput_rps=float(sw.throughput_rps))
+
+
+def _finite_or(x: float | None, default: float) -> float:
+    return float(x) if x is not None and math.isfinite(x) else default
+
+
+def _cluster(r: Mapping[str, float]) -> ClusterResources:
+    return ClusterResources(cpus=float(r.get("CPU", 0.0)),
+                            memory_mb=float(r.get("memory", 0.0)) / MB,
+                            gpus=float(r.get("GPU", 0.0)))
+
+
+def _ray_resources() -> tuple[Mapping[str, float], Mapping[str, float]]:
+    import ray
+
+    return ray.cluster_resources(), ray.available_resources()

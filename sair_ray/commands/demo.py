@@ -1,0 +1,50 @@
+"""`sair demo`: the CPU-only live demo behind `make demo` (sair_ray/live/demo.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+out = Console()
+err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of load.", min=10)] = 180.0,
+    policy: Annotated[str, typer.Option(
+        help="sair (LLM), sair-retrieval, or a baseline name.")] = "sair",
+    base: Annotated[float, typer.Option(help="Base request rate, req/s.", min=0.1)] = 2.0,
+    spike: Annotated[float, typer.Option(help="Burst request rate, req/s.", min=0.1)] = 6.0,
+    num_cpus: Annotated[int, typer.Option(help="Logical CPUs of the local Ray.", min=4)] = 8,
+    port: Annotated[int, typer.Option(help="Serve HTTP port.")] = 8000,
+    out_dir: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path(
+        "runs/demo"),
+) -> None:
+    """Start local Ray, deploy image_classification with SAIR attached, drive a burst
+    workload with a live table, write a report with plots, shut everything down."""
+    import logging
+
+    from sair_ray.baselines import BASELINES
+    from sair_ray.live.demo import DemoOptions, run_demo
+    from sair_ray.policy import SAIR_POLICIES
+
+    if policy not in SAIR_POLICIES + tuple(BASELINES):
+        err.print(f"[red]error:[/red] unknown policy {policy!r}; choose one of "
+                  f"{', '.join(SAIR_POLICIES + tuple(BASELINES))}")
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.WARNING)
+    opts = DemoOptions(duration_s=duration, policy=policy, base_rps=base, spike_rps=spike,
+                       num_cpus=num_cpus, http_port=port, out_dir=out_dir)
+    try:
+        report = run_demo(opts, out)
+    except KeyboardInterrupt:
+        err.print("interrupted during set-up; everything was shut down")
+        raise typer.Exit(130) from None
+    out.print(f"report -> {report}")

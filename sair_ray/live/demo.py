@@ -1,0 +1,363 @@
+"""`sair demo` / `make demo`: SAIR live on a laptop, CPU only, no network.
+
+1. start a private local Ray (dashboard on), 2. deploy the image_classification pipeline
+from its serve config (declarative, `external_scaler_enabled: true`), 3. attach SAIR as
+the detached controller actor, 4. drive a burst workload over HTTP (sair_ray.loadgen)
+while a live table shows per-stage replicas, queue and p99 against the SLA and the last
+decision with its rationale, 5. write a report (Markdown, CSV, PNG plots) and shut
+everything down, also on Ctrl-C.
+
+The monitor samples the app's metrics actor every `sample_s` seconds; the table and the
+report are built from those samples and from the controller's decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+APP = "image_classification"
+SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_apps" / "configs" / f"{APP}.yaml"
+DEMO_CONFIG = {  # rounds fit a 3-minute demo; SPEC defaults are 30 s / 60 s / 120 s
+    "loop": {"decision_interval_s": 15, "settle_s": 5},
+    "validator": {"cooldown_up_s": 15, "cooldown_down_s": 60, "replicas_max": 4},
+}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration_s: float = 180.0
+    policy: str = "sair"
+    base_rps: float = 2.0
+    spike_rps: float = 6.0
+    period_s: float = 90.0
+    spike_s: float = 45.0
+    warmup_s: float = 30.0                    # base rate only, so the first round (and the
+                                              # LLM's start) precede the first burst
+    image_px: tuple[int, int] = (3200, 2400)  # bigger photos: a heavier preprocess stage
+    num_cpus: int = 8                         # logical CPUs Ray may hand out
+    http_port: int = 8000
+    out_dir: Path = Path("runs/demo")
+    data_dir: Path | None = None
+    sample_s: float = 2.0
+    seed: int = 0
+
+
+@dataclass
+class Sample:
+    t: float                                   # seconds since the load started
+    arrival_rps: float
+    p99_ms: float
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _finite(x: Any) -> float:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+class Monitor:
+    """Samples metrics and replica targets; keeps the timeline and the last decision."""
+
+    def __init__(self, app: str, admin: Any, handle: Any, t0: float, window_s: float = 10.0
+                 ) -> None:
+        from sair_ray.observe import MetricsClient
+
+        self.app, self.admin, self.handle, self.t0 = app, admin, handle, t0
+        self.metrics = MetricsClient(app)
+        self.window_s = window_s
+        self.samples: list[Sample] = []
+        self.last_decision: dict[str, Any] | None = None
+        self.status: dict[str, Any] = {}
+
+    def sample(self) -> Sample:
+        now = time.time()
+        w = self.metrics.window(now - self.window_s, now)
+        deps = self.admin.details()["applications"][self.app]["deployments"]
+        stages = {}
+        for name, sw in w.stages.items():
+            stages[name] = {"replicas": deps.get(name, {}).get("target_num_replicas", 0),
+                            "queue": sw.queue, "p99_ms": _finite(sw.p99_ms),
+                            "util": _finite(sw.util)}
+        s = Sample(now - self.t0, w.arrival_rate, _finite(w.p99_ms), stages)
+        self.samples.append(s)
+        decisions = self.handle.decisions(1)
+        if decisions:
+            self.last_decision = decisions[-1]
+        self.status = self.handle.status()
+        return s
+
+
+def render(mon: Monitor, sla_ms: float, progress: str) -> Any:
+    """The live view: one row per stage, then the last decision and its rationale."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    s = mon.samples[-1] if mon.samples else None
+    t = Table(title=f"{mon.app} -- {progress}", expand=True)
+    for col in ("stage", "replicas", "queue", "p99 ms (10 s)", "CPU util"):
+        t.add_column(col, justify="right" if col != "stage" else "left")
+    if s is not None:
+        for name, st in s.stages.items():
+            t.add_row(name, str(st["replicas"]), str(st["queue"]), _fmt(st["p99_ms"]),
+                      _fmt(st["util"], 2))
+        over = s.p99_ms > sla_ms
+        colour = "red" if over or math.isnan(s.p99_ms) else "green"
+        t.add_row(Text("end to end", style="bold"), "", "",
+                  Text(f"{_fmt(s.p99_ms)} / SLA {sla_ms:g}", style=colour),
+                  f"{s.arrival_rps:.1f} req/s")
+    d = mon.last_decision
+    if d is None:
+        body = Text("no decision yet (the first round comes after one decision interval)")
+    else:
+        act = ", ".join(f"{n}: " + " ".join(f"{k} {v:+g}" for k, v in a.items() if v)
+                        for n, a in d["action"].items()) or "no change"
+        body = Text(f"round {d['round']} ({d['source']}): {act}\n"
+                    f"{(d['rationale'] or d['error'] or '')[:400]}")
+    st = mon.status
+    foot = (f"policy {st.get('policy', '?')}, rounds {st.get('rounds_ok', 0)} ok / "
+            f"{st.get('rounds_failed', 0)} failed, memory {st.get('memory_size', 0)}")
+    return Group(t, Panel(body, title="last decision", subtitle=foot))
+
+
+def _fmt(x: float, digits: int = 0) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def image_bodies(width: int, height: int, variants: int = 4) -> Callable[[int], bytes]:
+    from serve_apps.payloads import image_request
+
+    pool = [json.dumps(image_request(seed, width, height)).encode() for seed in range(variants)]
+    return lambda i: pool[i % len(pool)]
+
+
+def _plan(opts: DemoOptions) -> Any:
+    """`warmup_s` of Poisson at the base rate, then the burst pattern."""
+    import numpy as np
+
+    from sair_ray.loadgen import build_plan, workload_from_options
+    from sair_ray.loadgen.plan import LoadPlan
+
+    burst_s = max(opts.duration_s - opts.warmup_s, 1.0)
+    burst = build_plan(workload_from_options(
+        "burst", base=opts.base_rps, spike=opts.spike_rps, period_s=opts.period_s,
+        spike_s=opts.spike_s), burst_s, seed=opts.seed)
+    if opts.warmup_s <= 0:
+        return burst
+    warm = build_plan(workload_from_options("poisson", rate=opts.base_rps), opts.warmup_s,
+                      seed=opts.seed + 1)
+    return LoadPlan(np.concatenate([warm.times, burst.times + opts.warmup_s]),
+                    workload={"warmup": warm.workload, "burst": burst.workload},
+                    duration_s=opts.warmup_s + burst_s)
+
+
+def run_demo(opts: DemoOptions, console: Any) -> Path:
+    """Everything, start to report; returns the report path. Cleans up on any exit."""
+    import ray
+    from rich.live import Live
+
+    from sair_ray.backends.ray_serve import ServeAdmin, discover_dashboard_url
+    from sair_ray.live import attach
+    from sair_ray.loadgen import LoadRunner, summarize
+    from sair_ray.sim.profiles import load_profile
+
+    out = opts.out_dir
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    data_dir = opts.data_dir or out / "sair-data"
+    sla_ms = load_profile(APP).pipeline.sla_ms
+    handle = None
+    started = time.time()
+    try:
+        console.print(f"starting a local Ray cluster ({opts.num_cpus} logical CPUs) ...")
+        ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=True,
+                 dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
+        admin = ServeAdmin(discover_dashboard_url())
+        console.print(f"deploying {APP} from {SERVE_CONFIG.name} "
+                      "(external_scaler_enabled: true) ...")
+        cfg = yaml.safe_load(SERVE_CONFIG.read_text())
+        cfg["http_options"] = {"host": "127.0.0.1", "port": opts.http_port}
+        admin.deploy(cfg)
+        _wait_running(admin, APP, console)
+        console.print(f"attaching SAIR (policy {opts.policy}) ...")
+        handle = attach(APP, DEMO_CONFIG, opts.policy, data_dir=data_dir)
+        plan = _plan(opts)
+        runner = LoadRunner(f"http://127.0.0.1:{opts.http_port}/{APP}", plan,
+                            image_bodies(*opts.image_px), concurrency=256, timeout_s=60)
+        t0 = time.time()
+        mon = Monitor(APP, admin, handle, t0)
+        console.print(f"driving {len(plan)} requests over {opts.duration_s:g} s: "
+                      f"{opts.base_rps:g} req/s, after {opts.warmup_s:g} s spikes of "
+                      f"{opts.spike_rps:g} req/s ({opts.spike_s:g} s every {opts.period_s:g} s)"
+                      "; Ctrl-C stops early and still reports")
+
+        async def drive() -> None:
+            task = asyncio.create_task(runner.run())
+            with Live(render(mon, sla_ms, "starting"), console=console,
+                      refresh_per_second=2) as live:
+                while not task.done():
+                    await asyncio.sleep(opts.sample_s)
+                    try:
+                        await asyncio.to_thread(mon.sample)
+                    except Exception as e:  # a slow metrics read must not stop the load
+                        log.warning("monitor sample failed: %s", e)
+                    live.update(render(mon, sla_ms, f"{time.time() - t0:.0f} / "
+                                                    f"{opts.duration_s:g} s"))
+            await task
+
+        interrupted = False
+        try:
+            asyncio.run(drive())
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("interrupted: stopping the load and writing the report")
+        summary = summarize(runner.results, max(time.time() - t0, 1e-9), runner.max_in_flight)
+        decisions = handle.decisions(last=1000)
+        status = handle.status()
+        report = write_report(out, opts, mon, decisions, status, runner.results, summary,
+                              sla_ms, interrupted)
+        return report
+    finally:
+        console.print("shutting down: SAIR controller, Serve, Ray ...")
+        if handle is not None:
+            try:
+                handle.stop()
+            except Exception as e:
+                log.warning("stopping the controller failed: %s", e)
+        if ray.is_initialized():
+            try:
+                from ray import serve
+
+                serve.shutdown()
+            except Exception as e:
+                log.warning("serve shutdown failed: %s", e)
+            ray.shutdown()
+        console.print(f"done in {time.time() - started:.0f} s")
+
+
+def _wait_running(admin: Any, app: str, console: Any, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        a = admin.details().get("applications", {}).get(app, {})
+        if a.get("status") == "RUNNING":
+            return
+        if a.get("status") == "DEPLOY_FAILED":
+            raise RuntimeError(f"{app} failed to deploy: {a.get('message')}")
+        if time.time() > deadline:
+            raise TimeoutError(f"{app} not running after {timeout_s:g} s ({a.get('status')})")
+        time.sleep(1)
+
+
+def write_report(out: Path, opts: DemoOptions, mon: Monitor, decisions: list[dict[str, Any]],
+                 status: dict[str, Any], results: list[Any], summary: Any, sla_ms: float,
+                 interrupted: bool) -> Path:
+    from sair_ray.loadgen import write_results
+
+    write_results(results, out / "requests.parquet")
+    (out / "decisions.json").write_text(json.dumps(decisions, indent=1, default=str))
+    stages = sorted({n for s in mon.samples for n in s.stages})
+    with open(out / "timeline.csv", "w") as f:
+        f.write("t_s,arrival_rps,p99_ms," + ",".join(
+            f"{n}_{k}" for n in stages for k in ("replicas", "queue", "p99_ms")) + "\n")
+        for s in mon.samples:
+            row = [f"{s.t:.1f}", f"{s.arrival_rps:.2f}", f"{s.p99_ms:.1f}"]
+            for n in stages:
+                st = s.stages.get(n, {})
+                row += [str(st.get("replicas", "")), str(st.get("queue", "")),
+                        f"{st.get('p99_ms', math.nan):.1f}"]
+            f.write(",".join(row) + "\n")
+    figures = _plots(out, mon, stages, sla_ms, decisions)
+    c = summary.counts
+    answered = c.get("ok", 0) + c.get("http_error", 0)
+    scale = [d for d in decisions if any(a.get("replicas") for a in d["action"].values())]
+    lines = [
+        f"# SAIR demo: {APP}", "",
+        f"Policy `{status.get('policy')}`, {status.get('rounds_ok', 0)} decision rounds "
+        f"({status.get('rounds_failed', 0)} failed), burst workload {opts.base_rps:g} -> "
+        f"{opts.spike_rps:g} req/s, {opts.duration_s:g} s"
+        + (" (interrupted)" if interrupted else "") + ".", "",
+        "| requests | ok | HTTP errors | timeouts | no answer | p50 ms | p99 ms | SLA ms |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {summary.sent} | {c.get('ok', 0)} | {c.get('http_error', 0)} | "
+        f"{c.get('timeout', 0)} | {c.get('conn_error', 0) + c.get('cancelled', 0)} | "
+        f"{summary.p50_ms:.0f} | {summary.p99_ms:.0f} | {sla_ms:g} |", "",
+        f"Every sent request got an answer: {answered == summary.sent} "
+        f"({answered} of {summary.sent}).", "",
+        f"Controller CPU: {100 * status.get('cpu_frac', 0):.2f} % of one core "
+        "(the LLM server, if any, runs in its own process and is not included).", "",
+        "## Scaling decisions", "",
+        "| t (s) | round | action | rationale |", "|---|---|---|---|",
+    ]
+    for d in scale:
+        act = "; ".join(f"{n} " + " ".join(f"{k} {v:+g}" for k, v in a.items() if v)
+                        for n, a in d["action"].items())
+        why = (d["rationale"] or "").replace("|", "/").replace("\n", " ")[:200]
+        lines.append(f"| {d['time'] - mon.t0:.0f} | {d['round']} | {act} | {why} |")
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+    lines += ["", "Files: `timeline.csv` (samples every "
+              f"{opts.sample_s:g} s), `decisions.json`, `requests.parquet` (every request), "
+              "`sair-data/` (memory, state, decision log)."]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _plots(out: Path, mon: Monitor, stages: list[str], sla_ms: float,
+           decisions: list[dict[str, Any]]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
+        return []
+    t = [s.t for s in mon.samples]
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(t, [s.p99_ms for s in mon.samples], label="end-to-end p99 (10 s window)")
+    ax.axhline(sla_ms, color="red", linestyle="--", label=f"SLA {sla_ms:g} ms")
+    for d in decisions:
+        if d["action"]:
+            ax.axvline(d["time"] - mon.t0, color="grey", alpha=0.3)
+    ax.set_xlabel("time since load start (s)")
+    ax.set_ylabel("ms")
+    ax.set_yscale("log")
+    ax.legend(loc="upper left")
+    ax2 = ax.twinx()
+    ax2.plot(t, [s.arrival_rps for s in mon.samples], color="tab:green", alpha=0.5)
+    ax2.set_ylabel("req/s", color="tab:green")
+    fig.tight_layout()
+    paths.append(out / "p99_vs_sla.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for n in stages:
+        ax.step(t, [s.stages.get(n, {}).get("replicas", math.nan) for s in mon.samples],
+                where="post", label=n)
+    ax.set_xlabel("time since load start (s)")
+    ax.set_ylabel("replicas")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    paths.append(out / "replicas.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

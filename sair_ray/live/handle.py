@@ -1,0 +1,195 @@
+"""Attach SAIR to a running Serve app from Python: `sair_ray.attach(app, config)`.
+
+    import ray, sair_ray
+    ray.init(address="auto")
+    handle = sair_ray.attach("image_classification", {"loop": {"decision_interval_s": 15}})
+    handle.status()          # rounds, memory size, last decision, errors
+    handle.decisions(last=5) # recent decision summaries (the full log: decisions.jsonl)
+    handle.stop()            # stop and remove the controller actor
+
+The controller is a detached actor, so it keeps running after this driver exits;
+`sair_ray.live.get_handle(app)` finds it again from any driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sair_ray.config import SAIRConfig
+from sair_ray.live.actor import NAMESPACE, ControllerActor, actor_name, actor_options
+from sair_ray.live.loop import LiveOptions, PolicyError
+from sair_ray.live.paths import DATA_DIR_ENV
+from sair_ray.policy import SAIR_POLICIES
+
+log = logging.getLogger(__name__)
+
+
+class AttachError(RuntimeError):
+    """The controller actor could not be started or reached."""
+
+
+class AttachHandle:
+    """A driver-side handle on an app's controller actor."""
+
+    def __init__(self, app: str, actor: Any, timeout_s: float = 30.0) -> None:
+        self.app = app
+        self.actor = actor
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"AttachHandle({self.app!r})"
+
+    def _get(self, ref: Any) -> Any:
+        import ray
+
+        return ray.get(ref, timeout=self.timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        """Rounds done and failed, memory size, last decision, recent external changes and
+        actuation errors, controller CPU use."""
+        return self._get(self.actor.status.remote())
+
+    def decisions(self, last: int = 10) -> list[dict[str, Any]]:
+        """Summaries of the last `last` decisions, oldest first."""
+        return self._get(self.actor.decisions.remote(last))
+
+    def options(self) -> dict[str, Any]:
+        return self._get(self.actor.get_options.remote())
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the loop (after the round in progress), then remove the actor. Memory,
+        state and decision log stay in the data dir, for the next attach to resume."""
+        import ray
+
+        final = self._get(self.actor.stop.remote())
+        ray.kill(self.actor, no_restart=True)
+        return final
+
+
+def _config_dict(config: SAIRConfig | Mapping[str, Any] | str | os.PathLike[str] | None
+                 ) -> dict[str, Any]:
+    if config is None:
+        return SAIRConfig().to_dict()
+    if isinstance(config, SAIRConfig):
+        return config.to_dict()
+    if isinstance(config, Mapping):
+        return SAIRConfig.from_dict(config).to_dict()  # validate here, name the bad key
+    return SAIRConfig.from_yaml(config).to_dict()
+
+
+def _check_policy(name: str) -> None:
+    from sair_ray.baselines import BASELINES
+
+    if name not in SAIR_POLICIES + tuple(BASELINES):
+        raise PolicyError(f"unknown policy {name!r}; choose one of "
+                          f"{', '.join(SAIR_POLICIES + tuple(BASELINES))}")
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or "auto", log_to_driver=False)
+
+
+def live_options(app: str, config: Any = None, policy: str = "sair", *,
+                 profile: str | os.PathLike[str] | None = None,
+                 data_dir: str | os.PathLike[str] | None = None,
+                 dashboard_url: str | None = None) -> LiveOptions:
+    """Options resolved on the driver: paths made absolute (the actor's working directory
+    is not the driver's) and $SAIR_DATA_DIR carried over (the actor does not inherit the
+    driver's environment)."""
+    _check_policy(policy)
+    base = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    prof = None
+    if profile is not None:
+        p = Path(profile).expanduser()
+        prof = str(p.resolve()) if p.exists() or p.suffix in (".yaml", ".yml") else str(profile)
+    return LiveOptions(app=app, config=_config_dict(config), policy=policy, profile=prof,
+                       data_dir=str(Path(base).expanduser().resolve()) if base else None,
+                       dashboard_url=dashboard_url)
+
+
+def attach(app: str, config: SAIRConfig | Mapping[str, Any] | str | None = None,
+           policy: str = "sair", *, profile: str | os.PathLike[str] | None = None,
+           data_dir: str | os.PathLike[str] | None = None, dashboard_url: str | None = None,
+           address: str | None = None, check: bool = True,
+           timeout_s: float = 60.0) -> AttachHandle:
+    """Start (or find) the controller actor of Serve app `app` and return a handle.
+
+    With `check` (default) the app is checked from this driver first, so a missing app, a
+    stage without a deployment or an app without `external_scaler_enabled` is an error
+    here (`ServeSetupError`) rather than a retrying actor. An app that already has a
+    controller keeps it; attaching with a different policy is refused (stop it first).
+    """
+    import ray
+
+    _connect(address)
+    opts = live_options(app, config, policy, profile=profile, data_dir=data_dir,
+                        dashboard_url=dashboard_url)
+    existing = get_handle(app)
+    if existing is not None:
+        have = existing.options()
+        if have.get("policy") != policy:
+            raise AttachError(f"app {app!r} already has a SAIR controller with policy "
+                              f"{have.get('policy')!r}; stop it first (sair detach {app})")
+        log.info("app %r already has a controller; returning it", app)
+        return existing
+    if check:
+        from sair_ray.backends.ray_serve import RayServeBackend
+
+        RayServeBackend(app, profile=opts.profile, dashboard_url=opts.dashboard_url)
+    actor = ray.remote(ControllerActor).options(**actor_options(app)).remote(
+        opts.__dict__ | {"config": dict(opts.config)})
+    handle = AttachHandle(app, actor)
+    try:
+        ray.get(actor.ping.remote(), timeout=timeout_s)
+    except Exception as e:
+        raise AttachError(f"the SAIR controller actor for {app!r} did not start: {e}") from e
+    return handle
+
+
+def get_handle(app: str) -> AttachHandle | None:
+    """The handle of app's running controller, or None."""
+    import ray
+
+    try:
+        return AttachHandle(app, ray.get_actor(actor_name(app), namespace=NAMESPACE))
+    except ValueError:
+        return None
+
+
+def detach(app: str, *, address: str | None = None) -> dict[str, Any] | None:
+    """Stop app's controller; its final status, or None if none was attached."""
+    _connect(address)
+    h = get_handle(app)
+    return h.stop() if h is not None else None
+
+
+def ensure_attached(app: str, *, policy: str | None = None, config: Any = None,
+                    profile: str | None = None) -> Any:
+    """Bring SAIR up with a Serve app: call from the ingress deployment's constructor.
+
+    Creates the app's controller actor if there is none (idempotent across ingress
+    replicas: the actor is named), without waiting for it: the app is still deploying,
+    and the controller retries setup every round until its deployments are there.
+    Policy and config default to $SAIR_POLICY (else "sair") and $SAIR_CONFIG (a YAML path);
+    $SAIR_ATTACH=0 turns this off. Never raises: a failure is logged and serving goes on.
+    """
+    import ray
+
+    if os.environ.get("SAIR_ATTACH", "1") == "0":
+        return None
+    try:
+        opts = live_options(app, config if config is not None
+                            else os.environ.get("SAIR_CONFIG") or None,
+                            policy or os.environ.get("SAIR_POLICY", "sair"), profile=profile)
+        return ray.remote(ControllerActor).options(**actor_options(app)).remote(
+            opts.__dict__ | {"config": dict(opts.config)})
+    except Exception as e:
+        log.error("SAIR could not attach to %r: %s", app, e)
+        return None

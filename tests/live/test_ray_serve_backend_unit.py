@@ -1,0 +1,130 @@
+"""RayServeBackend's pure parts against a Serve details reply captured from a real
+Ray 2.60 cluster (fixtures/serve_details.json), and ServeAdmin against a real HTTP server.
+The live behaviour is covered by test_live_integration.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from sair_ray.backends.ray_serve import (
+    MB,
+    AppView,
+    ServeAdmin,
+    ServeAdminError,
+    ServeSetupError,
+    build_config_update,
+    check_app,
+)
+from sair_ray.sim.profiles import load_profile
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROFILE = FIXTURES / "tiny_pipeline.yaml"
+
+
+@pytest.fixture
+def details() -> dict:
+    return json.loads((FIXTURES / "serve_details.json").read_text())
+
+
+def test_app_view_reads_replicas_resources_and_pids(details: dict) -> None:
+    v = AppView.from_details(details, "tiny_pipeline")
+    assert v.declarative and v.external_scaler_enabled
+    pre, post = v.deployments["pre"], v.deployments["post"]
+    assert pre.target_replicas == 2 and pre.running_replicas == 2 and len(pre.pids) == 2
+    assert pre.num_cpus == 0.25 and pre.memory_mb is None and pre.shim_socket is None
+    assert post.num_cpus == 0.5 and post.memory_mb == 384
+
+
+def test_unknown_app_names_the_running_ones(details: dict) -> None:
+    with pytest.raises(ServeSetupError, match=r"'nope'.*running applications: tiny_pipeline"):
+        AppView.from_details(details, "nope")
+
+
+def test_app_without_external_scaler_is_refused(details: dict) -> None:
+    details["applications"]["tiny_pipeline"]["external_scaler_enabled"] = False
+    v = AppView.from_details(details, "tiny_pipeline")
+    with pytest.raises(ServeSetupError, match="external_scaler_enabled: true"):
+        check_app(v, load_profile(PROFILE).pipeline)
+
+
+def test_profile_stage_without_deployment_is_refused(details: dict) -> None:
+    del details["applications"]["tiny_pipeline"]["deployments"]["post"]
+    v = AppView.from_details(details, "tiny_pipeline")
+    with pytest.raises(ServeSetupError, match=r"no deployment\(s\) post.*Ingress, pre"):
+        check_app(v, load_profile(PROFILE).pipeline)
+
+
+def test_config_update_changes_only_the_named_deployment(details: dict) -> None:
+    other = copy.deepcopy(details["applications"]["tiny_pipeline"])
+    other["name"] = other["deployed_app_config"]["name"] = "other"
+    details["applications"]["other"] = other
+    imperative = copy.deepcopy(other)
+    imperative["source"], imperative["deployed_app_config"] = "imperative", None
+    details["applications"]["imp"] = imperative
+    opts = {"num_cpus": 0.75, "memory": 512 * MB}
+    cfg = build_config_update(details, "tiny_pipeline",
+                              {"pre": {"num_replicas": 2, "ray_actor_options": opts}})
+    apps = {a["name"]: a for a in cfg["applications"]}
+    # every declarative app is carried over (a PUT deletes the ones it omits); the
+    # imperative one is not part of a declarative config
+    assert set(apps) == {"tiny_pipeline", "other"}
+    assert apps["other"] == details["applications"]["other"]["deployed_app_config"]
+    deps = {d["name"]: d for d in apps["tiny_pipeline"]["deployments"]}
+    assert deps["pre"] == {"name": "pre", "num_replicas": 2, "ray_actor_options": opts}
+    assert deps["post"] == details["applications"]["tiny_pipeline"]["deployed_app_config"][
+        "deployments"][1]
+    assert cfg["http_options"]["port"] == details["http_options"]["port"]
+
+
+def test_config_update_refuses_imperative_app(details: dict) -> None:
+    app = details["applications"]["tiny_pipeline"]
+    app["source"], app["deployed_app_config"] = "imperative", None
+    with pytest.raises(ServeSetupError, match="deployed imperatively"):
+        build_config_update(details, "tiny_pipeline", {"pre": {"num_replicas": 1}})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    bodies: list = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        n = int(self.headers["Content-Length"])
+        _Handler.bodies.append((self.path, json.loads(self.rfile.read(n))))
+        code = 412 if "locked" in self.path else 200
+        body = b'{"error": "external scaler disabled"}' if code == 412 else b'{"message": "ok"}'
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server() -> str:
+    srv = HTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_admin_scale_posts_the_external_scaler_request(server: str) -> None:
+    ServeAdmin(server).scale("my app", "pre", 3)
+    path, body = _Handler.bodies[-1]
+    assert path == "/api/v1/applications/my%20app/deployments/pre/scale"
+    assert body == {"target_num_replicas": 3}
+
+
+def test_admin_errors_carry_status_and_reason(server: str) -> None:
+    with pytest.raises(ServeAdminError, match="HTTP 412.*external scaler disabled"):
+        ServeAdmin(server).scale("locked", "pre", 2)
+    with pytest.raises(ServeAdminError, match="cannot reach the Ray dashboard"):
+        ServeAdmin("127.0.0.1:9", timeout_s=2).details()

@@ -136,8 +136,9 @@ class Controller:
         if self.explore and self.epsilon.draw(self.rng):
             c.probes += 1
             decision.source = "probe"
-            decision.proposal = probe(self.pipeline, ctx.allocation, self.cfg.validator,
-                                      self.rng)
+            decision.proposal = probe(
+                self.pipeline, ctx.allocation, self.cfg.validator, self.rng,
+                only_up=self.cfg.exploration.safe and ctx.p99_ms > ctx.sla_ms)
             decision.rationale = "forced exploration probe"
         else:
             reply = self._ask_policy(PolicyRequest(

@@ -1,7 +1,8 @@
 """Forced exploration (SPEC 5): epsilon-greedy probes with a decaying epsilon.
 
 A probe picks one stage uniformly, one of its action dimensions uniformly, and one
-non-zero step of that dimension uniformly, and is expressed as an absolute-target
+non-zero step of that dimension uniformly (only positive steps with `exploration.safe`
+while p99 exceeds the SLA), and is expressed as an absolute-target
 proposal so it goes through the validator like any other action. The step grid per
 dimension is {-max, -max/2, +max/2, +max} of the validator's per-step maximum (replicas:
 {-2, -1, +1, +2} with the defaults).
@@ -43,11 +44,16 @@ def step_grid(dim: str, v: ValidatorConfig) -> list[float]:
 
 
 def probe(pipeline: PipelineSpec, current: Mapping[str, StageAllocation], v: ValidatorConfig,
-          rng: np.random.Generator) -> dict[str, Any]:
+          rng: np.random.Generator, *, only_up: bool = False) -> dict[str, Any]:
+    """A random one-step proposal; `only_up` (safe exploration while the SLA is violated)
+    keeps the positive steps only, so a probe cannot take capacity from a failing
+    pipeline."""
     stage = pipeline.stages[int(rng.integers(len(pipeline.stages)))]
     dims = ["replicas", "rate"] if stage.is_gpu else ["replicas", "cpu_m", "mem_mb"]
     dim = dims[int(rng.integers(len(dims)))]
     grid = step_grid(dim, v)
+    if only_up:
+        grid = [g for g in grid if g > 0]
     step = grid[int(rng.integers(len(grid)))]
     cur = current[stage.name]
     if dim == "replicas":

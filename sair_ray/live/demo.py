@@ -33,6 +33,10 @@ SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_apps" / "configs" / 
 DEMO_CONFIG = {  # rounds fit a 3-minute demo; SPEC defaults are 30 s / 60 s / 120 s
     "loop": {"decision_interval_s": 15, "settle_s": 5},
     "validator": {"cooldown_up_s": 15, "cooldown_down_s": 60, "replicas_max": 4},
+    # the app and the embedded model share 2 cores here: replies can take 15-25 s
+    "policy": {"llm_timeout_s": 30},
+    # a demo is too short for a probe that removes capacity mid-burst to be worth it
+    "exploration": {"safe": True},
 }
 
 

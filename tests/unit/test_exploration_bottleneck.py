@@ -82,3 +82,58 @@ def test_multiple_and_none():
     slow = context(p, p99=900, util={"preprocess": 0.3, "inference": 0.3, "postprocess": 0.3},
                    stage_p99={"postprocess": 700})
     assert analyse(slow, p).label == "postprocess"
+
+
+def _flows(p, arrival, out, **kw):
+    """A context whose stages pass on `out[stage]` requests per second."""
+    from dataclasses import replace
+
+    ctx = context(p, arrival=arrival, **kw)
+    return replace(ctx, stages=tuple(replace(s, throughput_rps=out[s.name])
+                                     for s in ctx.stages))
+
+
+def test_a_downstream_stage_falling_behind_is_a_co_bottleneck():
+    # preprocess passes on 80 of 140 req/s (full queue: drops), inference 60 of those 80:
+    # inference's queue is short next to preprocess's, but it is overloaded too.
+    p = pipeline()
+    ctx = _flows(p, 140.0, {"preprocess": 80.0, "inference": 60.0, "postprocess": 60.0},
+                 util={"preprocess": 0.6, "inference": 1.0, "postprocess": 0.3},
+                 queue={"preprocess": 1000, "inference": 40},
+                 stage_p99={"preprocess": 60, "inference": 15, "postprocess": 3})
+    r = analyse(ctx, p)
+    assert r.label == "multiple" and r.stages == ("preprocess", "inference")
+    assert "passes on 57% of its input" in r.reason
+    deficits = {s.stage: round(s.deficit, 2) for s in r.symptoms}
+    assert deficits == {"preprocess": 0.43, "inference": 0.25, "postprocess": 0.0}
+
+
+def test_a_busy_stage_that_keeps_up_is_not_overloaded():
+    # a batching encoder looks busy (util 1.0) but passes on everything it receives; only
+    # preprocess, which falls behind, is the bottleneck
+    p = pipeline()
+    ctx = _flows(p, 100.0, {"preprocess": 70.0, "inference": 70.0, "postprocess": 70.0},
+                 util={"preprocess": 0.95, "inference": 1.0, "postprocess": 0.2},
+                 queue={"preprocess": 500, "inference": 5})
+    r = analyse(ctx, p)
+    assert r.label == "preprocess" and r.stages == ("preprocess",)
+
+
+def test_safe_probes_only_add_capacity():
+    import numpy as _np
+
+    from sair_ray.config import ValidatorConfig as _V
+    from sair_ray.exploration import probe as _probe
+    from tests import factories as _f
+
+    p = _f.pipeline()
+    cur = p.initial_allocation()
+    rng = _np.random.default_rng(0)
+    for _ in range(200):
+        prop = _probe(p, cur, _V(), rng, only_up=True)
+        (stage, entry), = prop.items()
+        a = cur[stage]
+        assert entry.get("replicas", a.replicas) >= a.replicas
+        assert entry.get("cpu_millicores", a.cpu_m) >= a.cpu_m
+        assert entry.get("memory_mb", a.mem_mb) >= a.mem_mb
+        assert entry.get("rate_ratio", a.rate) >= a.rate

@@ -11,7 +11,8 @@ in-context learning in small models amounts to. Each round offers:
 - `trim <stage>`: one replica (or one rate step) less on the least-utilised stage, offered
   when p99 is under half the SLA and nothing is saturated;
 - `episode <id>`: the action of each of the best retrieved episodes (similarity x reward),
-  re-applied as a delta from the current allocation.
+  re-applied as a delta from the current allocation; while the SLA is violated or a stage
+  is saturated, only episodes that add capacity to a bottleneck stage and remove none.
 
 All are proposals in the SPEC 6 schema (absolute targets for every stage); the validator
 still clamps them. With `policy.decoding = "candidates"` the LLM's output schema is the
@@ -80,7 +81,8 @@ def build(request: PolicyRequest, v: ValidatorConfig,
     report = request.bottleneck
     saturated = {sy.stage for sy in getattr(report, "symptoms", ()) if sy.saturated}
     named = list(getattr(report, "stages", ()))
-    if named and (ctx.p99_ms > ctx.sla_ms or saturated):
+    failing = ctx.p99_ms > ctx.sla_ms or bool(saturated)
+    if named and failing:
         prop = _hold(stages)
         for name in named:
             more = _more(ctx.stage(name), pipeline, v)
@@ -101,6 +103,12 @@ def build(request: PolicyRequest, v: ValidatorConfig,
             break
         prop = {s.name: target_json(s.kind, s.allocation, r.experience.action.get(s.name, {}))
                 for s in stages}
+        if failing:
+            # a failing pipeline needs capacity where it is short: an episode that removes
+            # some, or adds none to the bottleneck, was good in a calmer state, not this one
+            effect = {s.name: _adds_capacity(s, prop[s.name]) for s in stages}
+            if min(effect.values()) < 0 or not any(effect[n] > 0 for n in named or effect):
+                continue
         if all(c.proposal != prop for c in out):
             out.append(Candidate(f"episode {r.experience.id[:8]} (reward "
                                  f"{r.experience.reward:+.2f})", prop))
@@ -109,9 +117,21 @@ def build(request: PolicyRequest, v: ValidatorConfig,
 
 def default_choice(cands: Sequence[Candidate]) -> Candidate:
     """The fixed rule of the retrieval-only selector: the best episode if one was retrieved,
-    else relieve the bottleneck, else trim, else hold."""
+    else relieve the bottleneck, else trim, else hold. (`build` offers only episodes that
+    add capacity while the pipeline is failing, so "best episode" never holds a failing
+    pipeline still when a relief exists.)"""
     for prefix in ("episode", "relieve", "trim"):
         for c in cands:
             if c.label.startswith(prefix):
                 return c
     return cands[0]
+
+
+def _adds_capacity(s: StageObservation, target: dict[str, Any]) -> int:
+    """+1 if the target adds capacity to the stage, -1 if it removes some, 0 otherwise."""
+    ups = [target.get("replicas", s.replicas) - s.replicas,
+           target.get("cpu_millicores", s.cpu_m) - s.cpu_m,
+           target.get("rate_ratio", s.rate) - s.rate]
+    if any(u < 0 for u in ups):
+        return -1
+    return 1 if any(u > 0 for u in ups) else 0

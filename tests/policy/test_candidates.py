@@ -86,3 +86,22 @@ def test_every_candidate_passes_the_validator_unchanged_when_no_cooldown_applies
         out = val.validate(c.proposal, ctx.allocation, now=0.0,
                            free=factories.pipeline().cluster)
         assert out.clamps == (), (c.label, out.clamps)
+
+
+def test_a_failing_pipeline_is_only_offered_episodes_that_relieve_its_bottleneck():
+    p = factories.pipeline()
+    past = factories.context(p)
+    trim = experience(past, {"preprocess": {"replicas": -1}}, 0.9, "trim0000aa")
+    hold = experience(past, {}, 0.8, "hold0000bb")
+    elsewhere = experience(past, {"postprocess": {"replicas": 1}}, 0.7, "else0000cc")
+    helps = experience(past, {"preprocess": {"replicas": 1}}, 0.3, "help0000dd")
+    ctx = overloaded(p)
+    alloc = ctx.allocation
+    ctx_more = factories.context(p, p99=4 * p.sla_ms, alloc={**alloc, "preprocess":
+                                 StageAllocation(2, 1000, 1024)}, util={"preprocess": 0.99},
+                                 queue={"preprocess": 200.0}, stage_p99={"preprocess": 400.0})
+    cands = build(request(p, ctx_more, tuple(retrieved(e) for e in (trim, hold, elsewhere,
+                                                                    helps))), V)
+    assert [c.label[:16] for c in cands if c.label.startswith("episode")] == \
+        ["episode help0000"]
+    assert default_choice(cands).label.startswith("episode help0000")

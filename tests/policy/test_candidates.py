@@ -72,7 +72,7 @@ def test_retrieval_only_prefers_an_episode_then_relief_then_hold():
     pol = make_policy("sair-retrieval", SAIRConfig(), pipeline=factories.pipeline())
     ctx = overloaded()
     assert pol.decide(request(ctx=ctx)).rationale == "retrieval-only: relieve preprocess"
-    ep = experience(ctx, {"postprocess": {"replicas": 1}}, 0.7, "ffffffff00")
+    ep = experience(ctx, {"preprocess": {"replicas": 1}}, 0.7, "ffffffff00")
     reply = pol.decide(request(ctx=ctx, episodes=(retrieved(ep),)))
     assert reply.rationale.startswith("retrieval-only: episode ffffffff")
     assert default_choice(build(request(), V)).label == "hold"

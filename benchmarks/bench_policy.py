@@ -36,7 +36,10 @@ def main() -> None:
     ap.add_argument("--app", default="image_classification")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--warm-hours", type=float, default=3.0)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="llama.cpp threads (0: the embedded default, half the cores)")
+    ap.add_argument("--prompt-episodes", type=int, default=0,
+                    help="policy.prompt_episodes (0: auto, 4 for the embedded model)")
     args = ap.parse_args()
 
     prof = load_profile(args.app)
@@ -51,10 +54,12 @@ def main() -> None:
                           cfg, memory=mem)
         run_virtual(warm, backend, until=args.warm_hours * 3600)
         print(f"memory after warm-up: {len(mem)} experiences")
-        llm_cfg = cfg.replace(**{"exploration.epsilon_0": 0.0, "exploration.epsilon_min": 0.0})
-        policy = make_policy("sair", llm_cfg, pipeline=prof.pipeline, threads=args.threads)
+        llm_cfg = cfg.replace(**{"exploration.epsilon_0": 0.0, "exploration.epsilon_min": 0.0,
+                                 "policy.prompt_episodes": args.prompt_episodes})
+        policy = make_policy("sair", llm_cfg, pipeline=prof.pipeline,
+                             threads=args.threads or None)
         ctl = Controller(backend, policy, llm_cfg, memory=mem)
-        ctl.restore(warm.state())
+        ctl.restore({**warm.state(), "epsilon": 0.0})  # every round asks the model
         llm_ms, rest_ms, chars, failures = [], [], [], 0
         t_end = args.warm_hours * 3600
         for i in range(args.rounds):
@@ -63,6 +68,7 @@ def main() -> None:
             d = ctl.tick(t_end)
             if d.error:
                 failures += 1
+                print(f"round {i + 1}/{args.rounds}: failed: {d.error}", flush=True)
                 continue
             llm_ms.append(policy.last_call_ms)
             rest_ms.append(sum(d.timings_ms.values()) - policy.last_call_ms)
@@ -74,7 +80,8 @@ def main() -> None:
     result = {"app": args.app, "rounds": args.rounds, "failures": failures,
               "llm_s_p50": pct(llm_ms, 50) / 1000, "llm_s_p99": pct(llm_ms, 99) / 1000,
               "rest_ms_p50": pct(rest_ms, 50), "rest_ms_p99": pct(rest_ms, 99),
-              "prompt_chars_p50": pct(chars, 50), "threads": args.threads,
+              "prompt_chars_p50": pct(chars, 50), "threads": args.threads or "default",
+              "prompt_episodes": args.prompt_episodes or "auto",
               "load_avg_1m": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M")}
     print(json.dumps(result, indent=2))
 

@@ -162,6 +162,10 @@ class PolicyConfig(_Validated):
                          "candidate actions (schema-constrained; suits small models); "
                          "'free': any action in the SPEC 6 schema.",
                          choices=("candidates", "free"))
+    prompt_episodes: int = _opt(0, "Retrieved episodes shown in the prompt (highest "
+                                "selection gain first): 0 = auto (4 for the embedded "
+                                "llama.cpp model, whose prompt time dominates; all K "
+                                "otherwise).", 0, 1000)
     fallback: str = _opt("hold", "What a round does when the LLM fails (late, down, "
                          "unparseable reply): 'hold' keeps the current allocation; a "
                          "baseline name lets that rule decide the round instead.",

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -30,17 +31,24 @@ from sair_ray.policy.candidates import Candidate, build
 from sair_ray.policy.lm import Endpoint, LMUnavailable, resolve
 from sair_ray.policy.parse import parse_reply
 from sair_ray.policy.prompt import (
+    RATIONALE_CHARS,
+    changed,
     format_constraints,
     format_current,
     format_episodes,
     free_line,
     output_schema,
 )
+from sair_ray.retrieval import Retrieved
 from sair_ray.types import PipelineSpec
 
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 160  # a full 3-stage action + one sentence is ~90 tokens with the grammar
+# Episodes shown to the embedded model (policy.prompt_episodes = 0, "auto"): on 2 CPU cores
+# llama.cpp evaluates ~180 prompt tokens/s and an episode is ~90 tokens, so 4 episodes keep
+# a decision near 3 s; K = 15 would take ~10 s (docs/benchmarks.md).
+EMBEDDED_PROMPT_EPISODES = 4
 
 INSTRUCTIONS = """You are SAIR, the autoscaler of a multi-stage ML inference pipeline. \
 Each round you see past scaling episodes with the reward they earned, the pipeline's \
@@ -174,18 +182,32 @@ class LLMPolicy:
         if cands:
             current.append("Candidate actions (choose one):" if self.candidates_only
                            else "Suggested actions:")
-            current += [f"- {c.label}: {json.dumps(c.proposal, separators=(',', ':'))}"
+            current += [f"- {c.label}: {json.dumps(changed(c.proposal), separators=(',', ':'))}"
                         for c in cands]
         return {"constraints": self.constraints,
-                "sampled_episodes": format_episodes([r.experience for r in request.episodes]),
+                "sampled_episodes": format_episodes([r.experience for r in
+                                                     self.prompt_episodes(request.episodes)]),
                 "current_input": "\n".join(current)}
+
+    def prompt_episodes(self, episodes: Sequence[Retrieved]) -> list[Retrieved]:
+        """The retrieved episodes the prompt shows: all K, or the `policy.prompt_episodes`
+        with the highest selection gain, kept in curriculum order."""
+        n = self.cfg.policy.prompt_episodes
+        if n == 0:  # auto: the embedded CPU model's prompt budget, everything elsewhere
+            n = EMBEDDED_PROMPT_EPISODES if self.cfg.policy.backend == "llamacpp" \
+                and not self.cfg.policy.url else len(episodes)
+        if len(episodes) <= n:
+            return list(episodes)
+        best = set(sorted(range(len(episodes)), key=lambda i: -episodes[i].gain)[:n])
+        return [e for i, e in enumerate(episodes) if i in best]
 
     def schema_for(self, cands: list[Candidate]) -> dict[str, Any]:
         if not self.candidates_only:
             return self.schema
         return {"type": "object",
                 "properties": {"action": {"oneOf": [{"const": c.proposal} for c in cands]},
-                               "rationale": {"type": "string", "maxLength": 80}},
+                               "rationale": {"type": "string",
+                                             "maxLength": RATIONALE_CHARS}},
                 "required": ["action", "rationale"], "additionalProperties": False}
 
     def _call(self, inputs: dict[str, str]) -> tuple[Any, str]:

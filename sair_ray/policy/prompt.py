@@ -91,6 +91,23 @@ def action_json(ctx: Context, action: Mapping[str, Mapping[str, float]], *,
     return out
 
 
+def episode_input(ctx: Context) -> str:
+    """An episode's state on one line: the signal a decision turned on (replicas, queue,
+    utilisation, CPU or rate per stage; end-to-end p99 vs SLA). The current input keeps the
+    full detail; episodes are many, and each token costs prompt time on a small model."""
+    parts = []
+    for s in ctx.stages:
+        res = f"rate={s.rate:.2f}" if s.kind == StageKind.GPU else f"cpu={s.cpu_m}m"
+        parts.append(f"{s.name} r={s.replicas} q={_n(s.queue)} u={_n(100 * s.util)}% {res}")
+    return "; ".join(parts) + f"; p99={_n(ctx.p99_ms)}ms SLA={_n(ctx.sla_ms)}ms"
+
+
+def changed(proposal: Mapping[str, Any]) -> dict[str, Any]:
+    """A proposal without its `none` stages (how candidates are listed in the prompt)."""
+    return {k: v for k, v in proposal.items()
+            if not (isinstance(v, Mapping) and v.get("action") == "none")} or {"all": "none"}
+
+
 def label(reward: float) -> str:
     return "GOOD" if reward > GOOD else "FAIR" if reward > FAIR else "BAD"
 
@@ -99,8 +116,9 @@ def format_episode(e: Experience) -> str:
     ctx = Context.from_dict(e.context)
     pred = json.dumps(action_json(ctx, e.action, changed_only=True),
                       separators=(",", ":")) if e.action else "{} (hold)"
-    return "\n".join([f"Episode (Reward: {e.reward:+.2f} {label(e.reward)}):", "Input:",
-                      *context_lines(ctx), "Prediction:", pred, f"Reward: {e.reward:+.2f}"])
+    return "\n".join([f"Episode (Reward: {e.reward:+.2f} {label(e.reward)}):",
+                      f"Input: {episode_input(ctx)}", f"Prediction: {pred}",
+                      f"Reward: {e.reward:+.2f}"])
 
 
 def format_episodes(episodes: Sequence[Experience]) -> str:
@@ -152,6 +170,7 @@ def format_constraints(pipeline: PipelineSpec, v: ValidatorConfig, c_max: float)
     ])
 
 
+RATIONALE_CHARS = 60  # ~15 tokens: the option taken explains a decision better than prose
 MAX_ENUM = 40  # grammar size grows with the enums; 40 values per field keep it small
 
 
@@ -199,7 +218,7 @@ def output_schema(pipeline: PipelineSpec, v: ValidatorConfig) -> dict[str, Any]:
                 "action": {"type": "object", "properties": props,
                            "required": list(pipeline.stage_names),
                            "additionalProperties": False},
-                "rationale": {"type": "string", "maxLength": 120}},
+                "rationale": {"type": "string", "maxLength": RATIONALE_CHARS}},
             "required": ["action", "rationale"], "additionalProperties": False}
 
 

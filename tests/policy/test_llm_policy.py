@@ -153,3 +153,17 @@ def test_names_that_could_carry_instructions_are_refused():
                 "x" * 65, "{json}"):
         with pytest.raises(SpecError, match="not allowed"):
             StageSpec(bad)
+
+
+def test_prompt_shows_the_highest_gain_episodes_in_curriculum_order():
+    from sair_ray.retrieval import Retrieved
+
+    ctx = factories.context()
+    eps = [Retrieved(row=i, experience=experience(ctx, {}, 0.1 * (i + 1), f"e{i}"),
+                     similarity=0.5, surprisal=0.0, gain=g)
+           for i, g in enumerate([0.9, 0.1, 0.8, 0.2, 0.7, 0.6])]   # curriculum order
+    embedded = LLMPolicy(SAIRConfig(), factories.pipeline())       # auto: 4 for llama.cpp
+    assert [e.experience.id for e in embedded.prompt_episodes(eps)] == ["e0", "e2", "e4", "e5"]
+    assert len(policy("http://unused/v1").prompt_episodes(eps)) == 6  # vllm: all K
+    two = LLMPolicy(SAIRConfig().replace(**{"policy.prompt_episodes": 2}), factories.pipeline())
+    assert [e.experience.id for e in two.prompt_episodes(eps)] == ["e0", "e2"]

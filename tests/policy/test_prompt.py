@@ -26,18 +26,17 @@ def test_episode_has_the_paper_skeleton_and_absolute_targets():
                    0.85)
     lines = format_episode(e).splitlines()
     assert lines[0] == "Episode (Reward: +0.85 GOOD):"
-    assert lines[1] == "Input:"
-    assert lines[2].startswith("preprocess r=1 q=200 u=99% cpu=")
-    assert any(line.startswith("inference r=1") and "rate=1.00" in line for line in lines)
-    assert lines[-3] == "Prediction:"
+    assert lines[1].startswith("Input: preprocess r=1 q=200 u=99% cpu=")
+    assert "inference r=1 q=0 u=50% rate=1.00" in lines[1] and "p99=2000ms SLA=500ms" in lines[1]
     # stored deltas become the absolute targets of the output schema (1 + 2 replicas)
-    assert json.loads(lines[-2]) == {"preprocess": {"action": "scale_replicas", "replicas": 3}}
-    assert lines[-1] == "Reward: +0.85"
+    assert lines[2] == 'Prediction: {"preprocess":{"action":"scale_replicas","replicas":3}}'
+    assert lines[3] == "Reward: +0.85"
+    assert len(lines) == 4
 
 
 def test_hold_episode_and_labels():
     e = experience(factories.context(), {}, 0.3)
-    assert "Prediction:\n{} (hold)" in format_episode(e)
+    assert "Prediction: {} (hold)" in format_episode(e)
     assert (label(0.9), label(0.3), label(0.0), label(-0.4)) == ("GOOD", "FAIR", "BAD", "BAD")
 
 

@@ -15,8 +15,9 @@ in-context learning in small models amounts to. Each round offers:
   is saturated, only episodes that add capacity to a bottleneck stage and remove none.
 
 All are proposals in the SPEC 6 schema (absolute targets for every stage); the validator
-still clamps them. With `policy.decoding = "candidates"` the LLM's output schema is the
-union of these proposals; with `"free"` they are only listed in the prompt as hints.
+still clamps them. With `policy.decoding = "candidates"` the LLM answers with one
+candidate's label (an enum in the output schema: a few tokens instead of a whole action to
+copy); with `"free"` they are only listed in the prompt as hints.
 """
 
 from __future__ import annotations
@@ -36,8 +37,23 @@ TRIM_BELOW = 0.5   # p99 under this share of the SLA counts as over-provisioned
 
 @dataclass(frozen=True)
 class Candidate:
-    label: str
+    label: str                 # unique within a round; what the model answers with
     proposal: dict[str, Any]
+    note: str = ""             # shown beside the label in the prompt
+
+
+def pick(cands: Sequence[Candidate], answer: object) -> Candidate | None:
+    """The candidate a reply names: exact label, else the one label it starts with or
+    that starts with it (case-insensitive)."""
+    if not isinstance(answer, str):
+        return None
+    a = answer.strip().lower()
+    for c in cands:
+        if c.label.lower() == a:
+            return c
+    hits = [c for c in cands if a and (c.label.lower().startswith(a) or
+                                       a.startswith(c.label.lower()))]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _hold(stages: Sequence[StageObservation]) -> dict[str, Any]:
@@ -110,8 +126,8 @@ def build(request: PolicyRequest, v: ValidatorConfig,
             if min(effect.values()) < 0 or not any(effect[n] > 0 for n in named or effect):
                 continue
         if all(c.proposal != prop for c in out):
-            out.append(Candidate(f"episode {r.experience.id[:8]} (reward "
-                                 f"{r.experience.reward:+.2f})", prop))
+            out.append(Candidate(f"episode {r.experience.id[:8]}", prop,
+                                 f"reward {r.experience.reward:+.2f}"))
     return out
 
 

@@ -27,8 +27,9 @@ from typing import Any
 from sair_ray.config import SAIRConfig
 from sair_ray.cost import CostModel
 from sair_ray.policy.base import PolicyReply, PolicyRequest
-from sair_ray.policy.candidates import Candidate, build
+from sair_ray.policy.candidates import Candidate, build, pick
 from sair_ray.policy.lm import Endpoint, LMUnavailable, resolve
+from sair_ray.policy.parse import first_object as _first_object
 from sair_ray.policy.parse import parse_reply
 from sair_ray.policy.prompt import (
     RATIONALE_CHARS,
@@ -59,8 +60,22 @@ bottleneck stage first, and hold (action none) when latency is well under the SL
 nothing is saturated."""
 
 
-def _signature() -> Any:
+def _signature(candidates: bool) -> Any:
     import dspy
+
+    if candidates:
+        class ChooseScaling(dspy.Signature):
+            __doc__ = INSTRUCTIONS
+            constraints: str = dspy.InputField(
+                desc="limits, SLA, budget and scaling guidelines of this pipeline")
+            sampled_episodes: str = dspy.InputField(
+                desc="past episodes (input, prediction, reward), lowest reward first")
+            current_input: str = dspy.InputField(
+                desc="per-stage metrics, the bottleneck analysis and the candidate actions")
+            action: str = dspy.OutputField(desc="the label of one candidate action")
+            rationale: str = dspy.OutputField(desc="one short sentence")
+
+        return ChooseScaling
 
     class ScalingDecision(dspy.Signature):
         __doc__ = INSTRUCTIONS
@@ -153,7 +168,7 @@ class LLMPolicy:
                            cache=False, num_retries=0, engine="litellm",
                            timeout=self.cfg.policy.llm_timeout_s)
         self._adapter = _adapter(self.cfg.policy.backend, ep.supports_schema)
-        self._program = dspy.Predict(_signature())
+        self._program = dspy.Predict(_signature(self.candidates_only))
         self.warmup()
 
     def warmup(self) -> None:
@@ -180,10 +195,10 @@ class LLMPolicy:
                cands: list[Candidate] | None = None) -> dict[str, str]:
         current = [format_current(request.context, request.bottleneck), free_line(request.free)]
         if cands:
-            current.append("Candidate actions (choose one):" if self.candidates_only
+            current.append("Candidate actions (answer with one label):" if self.candidates_only
                            else "Suggested actions:")
             current += [f"- {c.label}: {json.dumps(changed(c.proposal), separators=(',', ':'))}"
-                        for c in cands]
+                        + (f" ({c.note})" if c.note else "") for c in cands]
         return {"constraints": self.constraints,
                 "sampled_episodes": format_episodes([r.experience for r in
                                                      self.prompt_episodes(request.episodes)]),
@@ -205,7 +220,7 @@ class LLMPolicy:
         if not self.candidates_only:
             return self.schema
         return {"type": "object",
-                "properties": {"action": {"oneOf": [{"const": c.proposal} for c in cands]},
+                "properties": {"action": {"enum": [c.label for c in cands]},
                                "rationale": {"type": "string",
                                              "maxLength": RATIONALE_CHARS}},
                 "required": ["action", "rationale"], "additionalProperties": False}
@@ -250,18 +265,28 @@ class LLMPolicy:
             return PolicyReply(proposal=None, error=f"LLM call failed: {e.__class__.__name__}: "
                                f"{str(e)[:300]}")
         self.last_prompt_chars = self._adapter.last_prompt_chars or self.last_prompt_chars
-        if pred is not None:
-            parsed = parse_reply({"action": pred.action, "rationale": pred.rationale},
-                                 self.pipeline.stage_names)
-        else:
-            parsed = parse_reply(raw, self.pipeline.stage_names)
         log.debug("LLM decision in %.2f s: %s", time.perf_counter() - t0, raw[:200])
-        rationale = parsed.rationale
-        chosen = next((c.label for c in cands if c.proposal == parsed.proposal), None)
-        if chosen is not None:  # the model's prose is weak; the option it took is not
-            rationale = f"[{chosen}] {rationale}"
-        return PolicyReply(proposal=parsed.proposal, rationale=rationale, raw=raw,
+        reply = {"action": pred.action, "rationale": pred.rationale} if pred is not None \
+            else raw
+        if self.candidates_only:
+            return self._chosen(reply, cands, raw)
+        parsed = parse_reply(reply, self.pipeline.stage_names)
+        return PolicyReply(proposal=parsed.proposal, rationale=parsed.rationale, raw=raw,
                            error=parsed.error, prompt_chars=self.last_prompt_chars)
+
+    def _chosen(self, reply: Any, cands: list[Candidate], raw: str) -> PolicyReply:
+        """The candidate a label reply names (tolerantly: JSON in prose, a bare label)."""
+        obj = reply if isinstance(reply, dict) else _first_object(reply)
+        answer = obj.get("action") if isinstance(obj, dict) else reply
+        rationale = obj.get("rationale", "") if isinstance(obj, dict) else ""
+        rationale = rationale if isinstance(rationale, str) else ""
+        c = pick(cands, answer)
+        if c is None:
+            return PolicyReply(proposal=None, raw=raw, prompt_chars=self.last_prompt_chars,
+                               error=f"reply names no candidate: {str(answer)[:80]!r}")
+        # the model's prose is weak; the option it took is the explanation
+        return PolicyReply(proposal=c.proposal, rationale=f"[{c.label}] {rationale}".strip(),
+                           raw=raw, prompt_chars=self.last_prompt_chars)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

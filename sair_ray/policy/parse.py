@@ -83,6 +83,20 @@ def _load(span: str) -> Any:
         return None
 
 
+def first_object(text: Any) -> Any:
+    """The first {...} in `text` that reads as an object, or None (never raises)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        for span in _objects(_FENCE.sub("", text[:MAX_REPLY_CHARS])):
+            obj = _load(span)
+            if isinstance(obj, dict):
+                return obj
+    except Exception:  # total, like parse_reply
+        return None
+    return None
+
+
 def canonical_stage(key: str, stages: Iterable[str]) -> str | None:
     """Map a stage name as the model wrote it to the pipeline's: exact, then
     case/underscore-insensitive, then an unambiguous prefix either way."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from sair_ray.config import SAIRConfig, ValidatorConfig
 from sair_ray.policy.prompt import (
     format_constraints,

@@ -98,6 +98,12 @@ class Ingress:
         self.stage_names = list(stage_names)
         self.timeout_s = timeout_s
         self.meter = _started_meter(app, INGRESS, None)
+        if os.environ.get("SAIR_ATTACH") == "1":
+            # opt-in (runtime_env env_vars in the serve config): bring SAIR up with the app.
+            # Never raises and does not wait: the controller retries until the app is ready.
+            from sair_ray.live import ensure_attached
+
+            ensure_attached(self.app)
 
     async def __call__(self, request: Request) -> JSONResponse:
         self.meter.start()

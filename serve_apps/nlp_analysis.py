@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_apps.serving import BadRequest, PipelineDef, StageDef, build, deploy, torch_device
+from serve_apps.serving import BadRequest, PipelineDef, StageDef, entrypoints, torch_device
 
 APP = "nlp_analysis"
 MAX_TEXTS = 32
@@ -118,14 +118,4 @@ DEFINITION = PipelineDef(APP, (
 ), validate)
 
 
-def build_app(args: dict[str, Any] | None = None) -> Any:
-    """Application builder for serve configs (`import_path: ...:build_app`)."""
-    return build(DEFINITION, args)
-
-
-def run(args: dict[str, Any] | None = None) -> Any:
-    """Deploy under SAIR's conventions (name, route, external scaler); returns the handle."""
-    return deploy(DEFINITION, args)
-
-
-app = build_app()
+build_app, run, app = entrypoints(DEFINITION)

@@ -289,3 +289,18 @@ def deploy(defn: PipelineDef, args: Mapping[str, Any] | None = None, *,
     route prefix `/<app>`, external scaler enabled (replica counts belong to SAIR)."""
     return serve.run(build(defn, args), name=defn.app, route_prefix=f"/{defn.app}",
                      external_scaler_enabled=True, blocking=blocking)
+
+
+def entrypoints(d: PipelineDef) -> tuple[Callable[..., Any], Callable[..., Any], Any]:
+    """An app module's three entry points: `build_app` (application builder for serve
+    configs, `import_path: serve_apps.<app>:build_app`), `run` (deploy under SAIR's
+    conventions: name, route, external scaler; returns the handle) and `app` (the bound
+    application, for `serve run serve_apps.<app>:app`)."""
+
+    def build_app(args: dict[str, Any] | None = None) -> Any:
+        return build(d, args)
+
+    def run(args: dict[str, Any] | None = None) -> Any:
+        return deploy(d, args)
+
+    return build_app, run, build_app()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from serve_apps.nlp_analysis import load_tokenizer
-from serve_apps.serving import BadRequest, PipelineDef, StageDef, build, deploy, torch_device
+from serve_apps.serving import BadRequest, PipelineDef, StageDef, entrypoints, torch_device
 
 APP = "text_generation"
 MAX_PROMPT_CHARS = 8000
@@ -111,14 +111,4 @@ DEFINITION = PipelineDef(APP, (
 ), validate)
 
 
-def build_app(args: dict[str, Any] | None = None) -> Any:
-    """Application builder for serve configs (`import_path: ...:build_app`)."""
-    return build(DEFINITION, args)
-
-
-def run(args: dict[str, Any] | None = None) -> Any:
-    """Deploy under SAIR's conventions (name, route, external scaler); returns the handle."""
-    return deploy(DEFINITION, args)
-
-
-app = build_app()
+build_app, run, app = entrypoints(DEFINITION)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_apps.serving import BadRequest, PipelineDef, StageDef, build, deploy, torch_device
+from serve_apps.serving import BadRequest, PipelineDef, StageDef, entrypoints, torch_device
 
 APP = "video_analysis"
 FRAME_SIZE = 112
@@ -112,14 +112,4 @@ DEFINITION = PipelineDef(APP, (
 ), validate)
 
 
-def build_app(args: dict[str, Any] | None = None) -> Any:
-    """Application builder for serve configs (`import_path: ...:build_app`)."""
-    return build(DEFINITION, args)
-
-
-def run(args: dict[str, Any] | None = None) -> Any:
-    """Deploy under SAIR's conventions (name, route, external scaler); returns the handle."""
-    return deploy(DEFINITION, args)
-
-
-app = build_app()
+build_app, run, app = entrypoints(DEFINITION)

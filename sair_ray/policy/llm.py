@@ -61,35 +61,25 @@ nothing is saturated."""
 
 
 def _signature(candidates: bool) -> Any:
+    """The DSPy signature; with candidates, `action` is a candidate's label, otherwise the
+    action object of SPEC 6."""
     import dspy
 
-    if candidates:
-        class ChooseScaling(dspy.Signature):
-            __doc__ = INSTRUCTIONS
-            constraints: str = dspy.InputField(
-                desc="limits, SLA, budget and scaling guidelines of this pipeline")
-            sampled_episodes: str = dspy.InputField(
-                desc="past episodes (input, prediction, reward), lowest reward first")
-            current_input: str = dspy.InputField(
-                desc="per-stage metrics, the bottleneck analysis and the candidate actions")
-            action: str = dspy.OutputField(desc="the label of one candidate action")
-            rationale: str = dspy.OutputField(desc="one short sentence")
-
-        return ChooseScaling
-
-    class ScalingDecision(dspy.Signature):
-        __doc__ = INSTRUCTIONS
-        constraints: str = dspy.InputField(
-            desc="limits, SLA, budget and scaling guidelines of this pipeline")
-        sampled_episodes: str = dspy.InputField(
-            desc="past episodes (input, prediction, reward), lowest reward first")
-        current_input: str = dspy.InputField(
-            desc="per-stage metrics of this round and the bottleneck analysis")
-        action: dict[str, Any] = dspy.OutputField(
-            desc="per stage: {action, replicas, cpu_millicores, memory_mb | rate_ratio}")
-        rationale: str = dspy.OutputField(desc="one short sentence")
-
-    return ScalingDecision
+    action: tuple[Any, Any] = (
+        (str, dspy.OutputField(desc="the label of one candidate action")) if candidates else
+        (dict[str, Any], dspy.OutputField(
+            desc="per stage: {action, replicas, cpu_millicores, memory_mb | rate_ratio}")))
+    return dspy.make_signature({
+        "constraints": (str, dspy.InputField(
+            desc="limits, SLA, budget and scaling guidelines of this pipeline")),
+        "sampled_episodes": (str, dspy.InputField(
+            desc="past episodes (input, prediction, reward), lowest reward first")),
+        "current_input": (str, dspy.InputField(
+            desc="per-stage metrics of this round, the bottleneck analysis and the "
+                 "candidate actions")),
+        "action": action,
+        "rationale": (str, dspy.OutputField(desc="one short sentence")),
+    }, INSTRUCTIONS, signature_name="ScalingDecision")
 
 
 def _adapter(backend: str, use_schema: bool) -> Any:

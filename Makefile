@@ -9,7 +9,7 @@ TEST_EXTRAS ?= dev,apps,local-llm,k8s
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(TEST_EXTRAS))
 comma  := ,
 
-.PHONY: test lint venv demo bench-core clean
+.PHONY: test lint venv demo bench-core docs clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 bench-core: $(STAMP)
 	$(PY) benchmarks/bench_core.py

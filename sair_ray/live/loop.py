@@ -27,6 +27,7 @@ from typing import Any
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
 from sair_ray.live.paths import app_data_dir, read_json, write_json_atomic
+from sair_ray.metrics_export import make_exporter, safe_record
 from sair_ray.policy import SAIR_POLICIES
 from sair_ray.policy.base import Policy
 from sair_ray.types import Decision, PipelineSpec
@@ -114,6 +115,9 @@ class LiveLoop:
         self.cpu_s = 0.0          # thread CPU time spent in rounds (policy included)
         self.decide_ms = 0.0      # wall time in the policy (the LLM, for SAIR)
         self._lock = threading.Lock()
+        # SAIR's own Prometheus metrics (decisions, probes, clamps, reward, targets) through
+        # Ray's metrics API, next to Serve's; a no-op outside a Ray process.
+        self.metrics = make_exporter(opts.app)
 
     # -- setup ----------------------------------------------------------------------------
     def setup(self) -> bool:
@@ -186,6 +190,7 @@ class LiveLoop:
         finally:
             self.cpu_s += time.thread_time() - cpu0
         self._drain_backend_events()
+        safe_record(self.metrics, d, self.controller)
         write_json_atomic(self.state_path, {"version": STATE_VERSION, "app": self.opts.app,
                                             "policy": self.policy_name, "saved_at": now,
                                             "controller": self.controller.state()})

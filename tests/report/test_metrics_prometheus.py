@@ -1,0 +1,66 @@
+"""End to end: SAIR's metrics reach Prometheus through a real (private, short) Ray node's
+metrics export port, under the names docs/operations.md and the Grafana dashboard use."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from sair_ray.metrics_export import MetricsExporter
+from tests.report.test_metrics_export import _controller
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_are_scraped_from_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    port = _free_port()
+    # address="local": a new node owned by this test, never someone else's cluster
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=port)
+    try:
+        backend, ctl, mem = _controller(tmp_path)
+        exp = MetricsExporter("imgcls")
+        for i in range(1, 11):
+            backend.advance_to(i * 30.0)
+            exp.record(ctl.tick(i * 30.0), ctl)
+        ctl.close()
+        mem.close()
+        text, deadline = "", time.monotonic() + 90  # Ray exports every few seconds
+        while time.monotonic() < deadline and "ray_sair_decisions_total" not in text:
+            time.sleep(3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+    finally:
+        ray.shutdown()
+
+    def value(metric: str, **tags: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(metric + "{") and all(f'{k}="{v}"' in line
+                                                     for k, v in {"app": "imgcls",
+                                                                  **tags}.items()):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{metric} {tags} not scraped")
+
+    c = ctl.counters
+    assert value("ray_sair_decisions_total", source="probe") == c.probes
+    assert value("ray_sair_decisions_total", source="policy") == 10 - c.probes
+    assert value("ray_sair_policy_calls_total") == c.policy_calls
+    assert value("ray_sair_policy_latency_ms_count") == c.policy_calls
+    assert value("ray_sair_stage_replicas_target", stage="preprocess") >= 1
+    assert value("ray_sair_stage_gpu_rate_target", stage="inference") > 0
+    assert re.search(r"^ray_sair_reward\{", text, re.M)

@@ -7,10 +7,20 @@ Three symptoms per stage, each in [0, 1]:
                throughput: the share of arrivals that piles up instead of being served);
 - latency      the stage's share of the summed per-stage (p99 + queueing delay).
 
-A stage is *saturated* when its utilisation or queue says it cannot keep up. The
-bottleneck is the highest-scoring saturated stage; saturated stages scoring within
-`TIE` of it are reported together as "multiple". With nothing saturated but the SLA
-violated, the stage with the largest latency share is named; otherwise "none".
+and a flow check, `deficit`: the share of the work reaching the stage in the window that
+it did not pass on, (input - throughput) / input, with input = the pipeline's arrival rate
+for the first stage and the previous stage's throughput for the others. Work is conserved
+along a chain, so a lasting deficit means the stage is piling up or dropping requests.
+
+A stage is *saturated* when its utilisation or queue says it cannot keep up, and
+*overloaded* when it is saturated and also has a deficit of at least `OVERLOAD_DEFICIT`.
+Overloaded stages are the bottleneck ("multiple" when there are several): in a chain
+the first overloaded stage shields the ones after it, so a downstream stage that still
+falls behind the reduced flow it receives is a bottleneck in its own right, even though
+its latency share is small next to the upstream queue. With none overloaded, the
+highest-scoring saturated stage is named, with saturated stages scoring within `TIE` of
+it as "multiple". With nothing saturated but the SLA violated, the stage with the largest
+latency share is named; otherwise "none".
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ SATURATED_UTIL = 0.85   # above this a queue forms under bursty arrivals (Kingma
 SATURATED_QUEUE = 0.3   # log1p(q)/log1p(q_max); ~7 waiting requests at q_max = 1000
 SATURATED_GROWTH = 0.05  # 5 % of throughput piling up per second
 TIE = 0.85              # saturated stages within 15 % of the top score are co-bottlenecks
+OVERLOAD_DEFICIT = 0.1  # >= 10 % of the input not passed on: backlog or drops, not noise
 WEIGHTS = {"util": 0.4, "latency": 0.3, "growth": 0.15, "queue": 0.15}
 
 
@@ -37,6 +48,7 @@ class StageSymptoms:
     latency_share: float
     score: float
     saturated: bool
+    deficit: float = 0.0    # (input - throughput) / input, in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ def analyse(ctx: Context, pipeline: PipelineSpec, prev: Context | None = None) -
     lat = {s.name: max(0.0, _f(s.p99_ms)) + max(0.0, _f(s.queue_delay_ms)) for s in ctx.stages}
     lat_total = sum(lat.values())
     symptoms = []
+    inflow = max(_f(ctx.arrival_rate), 0.0)
     for spec in pipeline.stages:
         o = ctx.stage(spec.name)
         util = min(max(_f(o.util), 0.0), 1.5) / 1.5
@@ -68,14 +81,26 @@ def analyse(ctx: Context, pipeline: PipelineSpec, prev: Context | None = None) -
         if prev is not None and dt is not None:
             dq = _f(o.queue) - _f(prev.stage(spec.name).queue)
             growth = min(1.0, max(0.0, dq / dt / max(_f(o.throughput_rps), 1e-3)))
+        out = max(_f(o.throughput_rps), 0.0)
+        deficit = min(1.0, max(0.0, (inflow - out) / inflow)) if inflow > 0 else 0.0
+        inflow = out
         share = lat[spec.name] / lat_total if lat_total > 0 else 0.0
         score = (WEIGHTS["util"] * util + WEIGHTS["latency"] * share
                  + WEIGHTS["growth"] * growth + WEIGHTS["queue"] * queue)
         saturated = (_f(o.util) >= SATURATED_UTIL or queue >= SATURATED_QUEUE
                      or growth >= SATURATED_GROWTH)
-        symptoms.append(StageSymptoms(spec.name, util, queue, growth, share, score, saturated))
+        symptoms.append(StageSymptoms(spec.name, util, queue, growth, share, score, saturated,
+                                      deficit))
 
     sat = sorted((s for s in symptoms if s.saturated), key=lambda s: -s.score)
+    over = [s for s in sat if s.deficit >= OVERLOAD_DEFICIT]
+    if over:
+        names = tuple(s.stage for s in over)
+        label = names[0] if len(names) == 1 else "multiple"
+        reason = "overloaded: " + ", ".join(
+            f"{s.stage} (u={s.util * 1.5:.2f}, queue={s.queue:.2f}, "
+            f"passes on {1 - s.deficit:.0%} of its input)" for s in over)
+        return BottleneckReport(label, names, tuple(symptoms), reason)
     if sat:
         top = sat[0].score
         names = tuple(s.stage for s in sat if s.score >= TIE * top)

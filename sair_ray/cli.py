@@ -125,19 +125,46 @@ def _names(values: list[str] | None) -> list[str] | None:
 @app.command()
 def bench(
     apps: Annotated[list[str] | None, typer.Option(
-        "--apps", help="App profiles, comma-separated or repeated (default: all).")] = None,
+        "--apps", help="App profiles, comma-separated or repeated (default: all; "
+                       "image_classification with --ablation).")] = None,
     patterns: Annotated[list[str] | None, typer.Option(
         "--patterns", help="poisson, ramp, burst (default: all).")] = None,
     methods: Annotated[list[str] | None, typer.Option(
-        "--methods", help="Baselines (default: all).")] = None,
-    seeds: Annotated[int, typer.Option(help="Number of seeds (0..n-1).", min=1)] = 1,
+        "--methods", help="Baselines and/or sair, sair-retrieval (default: every non-LLM "
+                          "method: the baselines and sair-retrieval; sair with "
+                          "--ablation).")] = None,
+    seeds: Annotated[int, typer.Option(help="Number of evaluation seeds (0..n-1).",
+                                       min=1)] = 3,
     hours: Annotated[float, typer.Option(help="Simulated duration of each run.")] = 1.0,
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
         "runs/bench"),
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 2,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Sweep HPA targets and threshold settings per app on the tuning "
+                        "seed; write every candidate and tuned.yaml (the winners).")] = False,
+    tuning_seed: Annotated[int, typer.Option(help="Seed of --sweep runs.", min=0)] = 1000,
+    tuned: Annotated[Path | None, typer.Option(
+        help="tuned.yaml from a sweep (default: the committed sair_ray/bench/tuned.py).")
+        ] = None,
+    untuned: Annotated[bool, typer.Option(
+        "--untuned", help="Run HPA and threshold with their paper defaults.")] = False,
+    ablation: Annotated[list[str] | None, typer.Option(
+        "--ablation", help="SAIR ablations (sair_ray.config.ABLATIONS), comma-separated; "
+                           "runs them and full SAIR on image_classification.")] = None,
+    bottleneck_eval: Annotated[bool, typer.Option(
+        "--bottleneck-eval", help="Evaluate bottleneck detection on --n generated "
+                                  "scenarios with known ground truth.")] = False,
+    n: Annotated[int, typer.Option("--n", help="Scenarios of --bottleneck-eval.",
+                                   min=1)] = 200,
+    eval_seed: Annotated[int, typer.Option(help="Seed of --bottleneck-eval scenarios.",
+                                           min=0)] = 0,
 ) -> None:
-    """Run methods x apps x patterns x seeds on the simulator; write results.parquet and
-    results.md (means over seeds) to --out. Ctrl-C stops and keeps finished runs."""
+    """Run methods x apps x patterns x seeds on the simulator; write results.parquet,
+    results.md (means over seeds) and figures to --out. Ctrl-C stops and keeps finished
+    runs. --sweep tunes the baselines, --ablation runs SAIR variants, --bottleneck-eval
+    scores the bottleneck analyser."""
+    import shlex
+
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -147,19 +174,47 @@ def bench(
         TimeRemainingColumn,
     )
 
-    from sair_ray.bench import APPS, METHODS, PATTERNS, BenchError, build_grid, run_grid
+    from sair_ray.bench import APPS, DEFAULT_METHODS, PATTERNS, BenchError, build_grid, run_grid
+    from sair_ray.bench.grid import ABLATION_APP, build_ablation_grid
     from sair_ray.bench.report import to_markdown, write_outputs
+    from sair_ray.bench.tuned import TUNED, load_tuned
 
+    command = shlex.join(["sair", *sys.argv[1:]]) if Path(sys.argv[0]).name == "sair" else ""
+    modes = [name for name, on in (("--sweep", sweep), ("--ablation", bool(ablation)),
+                                   ("--bottleneck-eval", bottleneck_eval)) if on]
+    if len(modes) > 1:
+        err.print(f"[red]error:[/red] {' and '.join(modes)} cannot be combined")
+        raise typer.Exit(2)
+    if bottleneck_eval:
+        from sair_ray.bench import bottleneck_eval as be
+
+        with err.status(f"bottleneck evaluation: {n} scenarios"):
+            rows = be.evaluate(n, eval_seed, workers)
+        paths = be.write_outputs(rows, out_dir, command)
+        out.print(paths["markdown"].read_text(), markup=False, highlight=False)
+        out.print(f"-> {paths['scenarios']}, {paths['metrics']}, {paths['markdown']}")
+        return
     try:
-        grid = build_grid(_names(apps) or APPS, _names(patterns) or PATTERNS,
-                          _names(methods) or METHODS, seeds, hours)
-    except BenchError as e:
+        if sweep:
+            from sair_ray.bench.sweep import build_sweep
+
+            grid = build_sweep(_names(apps) or APPS, _names(patterns) or PATTERNS, hours,
+                               tuning_seed)
+        elif ablation:
+            grid = build_ablation_grid(_names(ablation) or [], _names(methods) or ["sair"],
+                                       _names(patterns) or PATTERNS, seeds, hours,
+                                       _names(apps) or [ABLATION_APP])
+        else:
+            settings = None if untuned else (load_tuned(tuned) if tuned else TUNED)
+            grid = build_grid(_names(apps) or APPS, _names(patterns) or PATTERNS,
+                              _names(methods) or DEFAULT_METHODS, seeds, hours, tuned=settings)
+    except (BenchError, ValueError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                   console=err) as progress:
-        task = progress.add_task("bench", total=len(grid))
+        task = progress.add_task("sweep" if sweep else "bench", total=len(grid))
 
         def advance(sc: object, row: object) -> None:
             progress.advance(task)
@@ -167,20 +222,32 @@ def bench(
         res = run_grid(grid, workers=workers, on_result=advance)
     if not res.rows:
         err.print("[red]error:[/red] no run finished; nothing written")
+        for sc, e in res.failed[:3]:
+            err.print(f"[red]failed:[/red] {sc}: {e}")
         raise typer.Exit(130 if res.interrupted else 1)
-    paths = write_outputs(res.rows, out_dir)
-    out.print(to_markdown(res.rows), markup=False, highlight=False, soft_wrap=True)
-    out.print(f"{len(res.rows)}/{res.total} runs -> {paths['parquet']}, {paths['markdown']}")
-    from sair_ray.bench import figures
+    if sweep:
+        from sair_ray.bench.sweep import write_sweep_outputs
 
-    if figures.available():
-        from sair_ray.sim.profiles import load_profile
-
-        sla = {a: load_profile(a).pipeline.sla_ms for a in {r["app"] for r in res.rows}}
-        pngs = figures.write_figures(res.rows, out_dir, sla)
-        out.print("figures -> " + ", ".join(str(p) for p in pngs))
+        paths = write_sweep_outputs(res.rows, out_dir, command)
+        out.print(paths["markdown"].read_text(), markup=False, highlight=False,
+                  soft_wrap=True)
+        out.print(f"{len(res.rows)}/{res.total} runs -> {paths['parquet']}, "
+                  f"{paths['markdown']}, {paths['tuned']}")
     else:
-        err.print("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
+        paths = write_outputs(res.rows, out_dir, command)
+        out.print(to_markdown(res.rows), markup=False, highlight=False, soft_wrap=True)
+        out.print(f"{len(res.rows)}/{res.total} runs -> {paths['parquet']}, "
+                  f"{paths['markdown']}")
+        from sair_ray.bench import figures
+
+        if figures.available():
+            from sair_ray.sim.profiles import load_profile
+
+            sla = {a: load_profile(a).pipeline.sla_ms for a in {r["app"] for r in res.rows}}
+            pngs = figures.write_figures(res.rows, out_dir, sla)
+            out.print("figures -> " + ", ".join(str(p) for p in pngs))
+        else:
+            err.print("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
     for sc, e in res.failed:
         err.print(f"[red]failed:[/red] {sc}: {e}")
     if res.interrupted:

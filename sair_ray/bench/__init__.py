@@ -1,4 +1,4 @@
-"""`sair bench`: baselines (and later SAIR) over apps x patterns x seeds on the simulator.
+"""`sair bench`: baselines and SAIR over apps x patterns x seeds on the simulator.
 
 `build_grid` names the runs, `run_grid` runs them (in up to N processes), and
 `write_outputs` writes `results.parquet` (one row per run) and `results.md` (means over
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from sair_ray.bench.grid import (
     APPS,
+    DEFAULT_METHODS,
     METHODS,
     PATTERNS,
+    SAIR_METHODS,
     BenchError,
     GridResult,
     Scenario,
     bench_config,
+    build_ablation_grid,
     build_grid,
     make_workload,
     run_grid,
@@ -23,6 +26,7 @@ from sair_ray.bench.grid import (
 )
 from sair_ray.bench.report import summarise, to_markdown, write_outputs
 
-__all__ = ["APPS", "METHODS", "PATTERNS", "BenchError", "GridResult", "Scenario",
-           "bench_config", "build_grid", "make_workload", "run_grid", "run_one", "summarise",
-           "to_markdown", "write_outputs"]
+__all__ = ["APPS", "DEFAULT_METHODS", "METHODS", "PATTERNS", "SAIR_METHODS", "BenchError",
+           "GridResult", "Scenario", "bench_config", "build_ablation_grid", "build_grid",
+           "make_workload", "run_grid", "run_one", "summarise", "to_markdown",
+           "write_outputs"]

@@ -33,6 +33,7 @@ def write_figures(rows: Sequence[dict[str, Any]], out_dir: str | Path,
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
 
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     apps = list(dict.fromkeys(s["app"] for s in summary))
     patterns = list(dict.fromkeys(s["pattern"] for s in summary))
@@ -40,7 +41,8 @@ def write_figures(rows: Sequence[dict[str, Any]], out_dir: str | Path,
     value = {(s["app"], s["pattern"], s["method"]): s for s in summary}
     out = []
     for name, (column, label, log) in FIGURES.items():
-        fig, axes = plt.subplots(1, len(apps), figsize=(4.2 * len(apps), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(apps), figsize=(4.2 * max(len(apps), 2), 4.0),
+                                 squeeze=False)
         width = 0.8 / max(len(methods), 1)
         for ax, app in zip(axes[0], apps, strict=True):
             for j, method in enumerate(methods):
@@ -54,8 +56,14 @@ def write_figures(rows: Sequence[dict[str, Any]], out_dir: str | Path,
             ax.set_xticks(range(len(patterns)), patterns)
             ax.set_title(app.replace("_", " "))
             ax.set_ylabel(label)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
+        # one legend under all panels, so it never hides a bar
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        width_in = fig.get_size_inches()[0]
+        label_in = 0.06 * max(len(m) for m in methods) + 0.4   # ~ a label at fontsize 7
+        ncol = max(1, min(len(methods), int(width_in // label_in)))
+        legend_rows = math.ceil(len(methods) / ncol)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.05 + 0.05 * legend_rows, 1, 1))
         path = Path(out_dir) / name
         fig.savefig(path, dpi=110)
         plt.close(fig)

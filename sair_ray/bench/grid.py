@@ -1,5 +1,16 @@
 """The benchmark grid: methods x apps x patterns x seeds, each run on the simulator through
-the same `Controller` + `run_virtual` loop SAIR uses (explore=False, no memory).
+the same `Controller` + `run_virtual` loop.
+
+Baselines run with explore=False and no memory. SAIR methods (`sair`: the LLM policy;
+`sair-retrieval`: the retrieval-only selector; both from `sair_ray.policy.make_policy`) run
+the full SAIR loop: exploration probes, learning into an `ExperienceMemory` in a fresh
+temporary directory per run, and SAIR's own validator (SPEC 7 step limits and cooldowns),
+all seeded by the scenario seed. An ablation (`Scenario.variant`, a name of
+`sair_ray.config.ABLATIONS`) changes SAIR's config with `with_ablation`.
+
+Baseline settings: HPA's target and the threshold policy's thresholds come from the
+per-app sweep (`sair_ray.bench.tuned.TUNED`, made by `sair bench --sweep`) unless the
+grid is built with `tuned=None`; they are recorded in each row's `settings` column.
 
 Workload patterns, relative to the mean rate `r` of the app profile's default workload:
 
@@ -19,32 +30,49 @@ validator that does not add SAIR's step limits and cooldowns on top of them: rep
 8, CPU step 64 000 m, memory step 1 048 576 MB, GPU rate step 1.0, cooldowns 0 s. The
 per-stage limits (replicas 1-8, GPU rate 0.1-1.0) and the cluster capacity of the profile
 are kept (`PERMISSIVE_VALIDATOR`).
+
+Validator escapes: every round's executed allocation is re-checked against the stage
+limits, the step limits and cooldowns of the run's validator, the cluster capacity and
+what the next round observed (`sair_ray.bench.checks`); the `validator_escapes` column
+counts the rounds that broke any.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sair_ray.backends.sim import SimBackend
 from sair_ray.baselines import BASELINES, make_baseline
-from sair_ray.config import SAIRConfig
+from sair_ray.bench.checks import count_escapes
+from sair_ray.bench.tuned import TUNED, TunedSettings
+from sair_ray.config import ABLATIONS, SAIRConfig, with_ablation
 from sair_ray.controller import Controller, run_virtual
+from sair_ray.embedding import phi_dim
+from sair_ray.memory import ExperienceMemory
+from sair_ray.policy.base import Policy
 from sair_ray.sim.profiles import Profile, list_profiles, load_profile
 from sair_ray.sim.workloads import Burst, Poisson, Ramp, Workload
+from sair_ray.types import Decision, PipelineSpec
 
 log = logging.getLogger(__name__)
 
 APPS: tuple[str, ...] = tuple(list_profiles())
-METHODS: tuple[str, ...] = BASELINES
+SAIR_METHODS: tuple[str, ...] = ("sair", "sair-retrieval")
+METHODS: tuple[str, ...] = BASELINES + SAIR_METHODS
+DEFAULT_METHODS: tuple[str, ...] = BASELINES + ("sair-retrieval",)  # every non-LLM method
+ABLATION_APP = "image_classification"           # the paper's ablation table is on it
 PATTERNS: tuple[str, ...] = ("poisson", "ramp", "burst")
 
 PERMISSIVE_VALIDATOR: dict[str, Any] = {
@@ -74,6 +102,17 @@ class Scenario:
     seed: int
     method: str
     hours: float = 1.0
+    variant: str = ""                              # SAIR ablation name ("" = full SAIR)
+    settings: tuple[tuple[str, float], ...] = ()   # baseline constructor overrides
+
+    @property
+    def label(self) -> str:
+        """The method as shown in tables: `sair[no_icl]` for an ablation."""
+        return method_label(self.method, self.variant)
+
+
+def method_label(method: str, variant: str = "") -> str:
+    return f"{method}[{variant}]" if variant else method
 
 
 @dataclass
@@ -96,19 +135,51 @@ def _check(kind: str, values: Iterable[str], allowed: Sequence[str]) -> list[str
 
 
 def build_grid(apps: Iterable[str] = APPS, patterns: Iterable[str] = PATTERNS,
-               methods: Iterable[str] = METHODS, seeds: int | Iterable[int] = 1,
-               hours: float = 1.0) -> list[Scenario]:
-    """Every (app, pattern, seed, method); `seeds` is a count (0..n-1) or explicit seeds."""
+               methods: Iterable[str] = DEFAULT_METHODS, seeds: int | Iterable[int] = 1,
+               hours: float = 1.0, *, variants: Iterable[str] = ("",),
+               tuned: TunedSettings | None = TUNED) -> list[Scenario]:
+    """Every (app, pattern, seed, method, variant); `seeds` is a count (0..n-1) or explicit
+    seeds. `variants` are SAIR ablation names ("" = full SAIR) and need SAIR methods.
+    Baselines named in `tuned` (per app) get its settings; `tuned=None` keeps the defaults."""
     a = _check("app", apps, APPS)
     p = _check("pattern", patterns, PATTERNS)
     m = _check("method", methods, METHODS)
+    v = list(variants)
+    bad = [x for x in v if x and x not in ABLATIONS]
+    if bad:
+        raise BenchError(f"unknown ablation {', '.join(map(repr, bad))}; "
+                         f"allowed: {', '.join(ABLATIONS)}")
+    if not v:
+        raise BenchError("no variant given (use '' for full SAIR)")
+    if any(v) and not set(m) <= set(SAIR_METHODS):
+        raise BenchError(f"ablations apply to SAIR methods only ({', '.join(SAIR_METHODS)}); "
+                         f"got methods {', '.join(m)}")
     s = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not s:
         raise BenchError("need at least one seed")
     if not (math.isfinite(hours) and hours > 0):
         raise BenchError(f"hours must be > 0 (got {hours})")
-    return [Scenario(app, pat, seed, meth, hours)
-            for app in a for pat in p for seed in s for meth in m]
+
+    def settings(app: str, method: str) -> tuple[tuple[str, float], ...]:
+        chosen = (tuned or {}).get(app, {}).get(method, {})
+        return tuple(sorted(chosen.items()))
+
+    return [Scenario(app, pat, seed, meth, hours, var, settings(app, meth))
+            for app in a for pat in p for seed in s for meth in m for var in v]
+
+
+def build_ablation_grid(ablations: Iterable[str], methods: Iterable[str] = ("sair",),
+                        patterns: Iterable[str] = PATTERNS, seeds: int | Iterable[int] = 1,
+                        hours: float = 1.0, apps: Iterable[str] = (ABLATION_APP,),
+                        with_full: bool = True) -> list[Scenario]:
+    """SAIR variants (names of `sair_ray.config.ABLATIONS`) on image classification, plus
+    full SAIR as the reference row unless `with_full` is False."""
+    names = list(dict.fromkeys(ablations))
+    if not names:
+        raise BenchError(f"no ablation given; allowed: {', '.join(ABLATIONS)}")
+    variants = ([""] if with_full and "full" not in names else []) + [
+        "" if n == "full" else n for n in names]
+    return build_grid(apps, patterns, methods, seeds, hours, variants=variants)
 
 
 def make_workload(profile: Profile, pattern: str, duration_s: float) -> Workload:
@@ -125,7 +196,25 @@ def make_workload(profile: Profile, pattern: str, duration_s: float) -> Workload
 
 
 def bench_config(seed: int) -> SAIRConfig:
+    """Config of a baseline run: SPEC defaults with the permissive validator."""
     return SAIRConfig().replace(seed=seed, **PERMISSIVE_VALIDATOR)
+
+
+def sair_config(seed: int, variant: str = "") -> SAIRConfig:
+    """Config of a SAIR run: SPEC defaults (SPEC 7 validator included), the ablation's
+    overrides, and no fsync (the memory is a temporary directory thrown away after)."""
+    cfg = SAIRConfig().replace(seed=seed, **{"memory.fsync": False})
+    return with_ablation(cfg, variant) if variant else cfg
+
+
+def make_sair_policy(method: str, cfg: SAIRConfig, pipeline: PipelineSpec) -> Policy:
+    """The policy of a SAIR method, from `sair_ray.policy.make_policy`."""
+    try:
+        from sair_ray.policy import make_policy  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise BenchError(f"method {method!r} needs sair_ray.policy.make_policy, which this "
+                         f"installation lacks ({e})") from None
+    return make_policy(method, cfg, pipeline=pipeline)
 
 
 def _steady_attainment(completed: int, drops: int, errors: int, violations: int) -> float:
@@ -139,14 +228,17 @@ def _steady_attainment(completed: int, drops: int, errors: int, violations: int)
 
 def run_one(sc: Scenario) -> dict[str, Any]:
     """One run; returns its result row (see `sair_ray.bench.report` for the columns)."""
-    t0 = time.perf_counter()
     profile = load_profile(sc.app)
     duration = sc.hours * 3600.0
     workload = make_workload(profile, sc.pattern, duration)
+    if sc.method in SAIR_METHODS:
+        cfg = sair_config(sc.seed, sc.variant)
+        policy = make_sair_policy(sc.method, cfg, profile.pipeline)
+        return run_scenario(sc, profile, workload, cfg, policy, learn=True)
+    if sc.variant:
+        raise BenchError(f"ablation {sc.variant!r} given for baseline {sc.method!r}")
     cfg = bench_config(sc.seed)
-    backend = SimBackend(profile, workload, seed=sc.seed, cost=cfg.cost,
-                         retain_s=duration + 60.0)  # keeps the steady-state window readable
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = dict(sc.settings)
     if sc.method != "static":
         params["validator"] = cfg.validator
     if sc.method == "vpa":
@@ -154,23 +246,63 @@ def run_one(sc: Scenario) -> dict[str, Any]:
     if sc.method == "oracle":
         params |= {"profile": profile, "workload": workload, "prices": cfg.cost,
                    "seed": sc.seed}
-    ctl = Controller(backend, make_baseline(sc.method, **params), cfg, explore=False,
-                     learn=False)
-    try:
-        decisions = run_virtual(ctl, backend, until=duration)
-    finally:
-        ctl.close()
+    return run_scenario(sc, profile, workload, cfg, make_baseline(sc.method, **params),
+                        learn=False)
+
+
+def run_scenario(sc: Scenario, profile: Profile, workload: Workload, cfg: SAIRConfig,
+                 policy: Policy, *, learn: bool) -> dict[str, Any]:
+    """Run `policy` through the controller for the scenario and return its row.
+
+    learn=True is the SAIR loop: exploration probes and an experience memory in a fresh
+    temporary directory (dimension `phi_dim(stages)`), deleted after the run. The decision
+    log is not written (nothing reads it here); the rows carry what the grid reports."""
+    t0 = time.perf_counter()
+    duration = sc.hours * 3600.0
+    backend = SimBackend(profile, workload, seed=sc.seed, cost=cfg.cost,
+                         retain_s=duration + 60.0)  # keeps the steady-state window readable
+    pipeline = profile.pipeline
+    with tempfile.TemporaryDirectory(prefix="sair-bench-") as tmp:
+        memory = (ExperienceMemory(Path(tmp) / "memory", phi_dim(len(pipeline.stages)),
+                                   cfg.memory, loo_k=cfg.retrieval.loo_k) if learn else None)
+        ctl = Controller(backend, policy, cfg, memory=memory, explore=learn, learn=learn)
+        try:
+            decisions = run_virtual(ctl, backend, until=duration)
+        finally:
+            ctl.close()
+            if memory is not None:
+                memory.close()
+            close = getattr(policy, "close", None)
+            if callable(close):
+                close()
+    row = _result_row(sc, backend, decisions, duration)
+    row |= {
+        "actions": len(decisions) - ctl.counters.noops,
+        "probes": ctl.counters.probes,
+        "policy_failures": ctl.counters.policy_failures,
+        "stored": ctl.counters.stored,
+        "validator_escapes": count_escapes(decisions, pipeline, cfg.validator),
+        **_decide_latency(decisions),
+        "wall_s": time.perf_counter() - t0,
+    }
+    return row
+
+
+def _result_row(sc: Scenario, backend: SimBackend, decisions: Sequence[Decision],
+                duration: float) -> dict[str, Any]:
     tot = backend.totals()
     warmup = min(WARMUP_FRACTION * duration, WARMUP_MAX_S)
     steady = backend.window(warmup, duration)
     # Replicas each stage had at the start of every round (what the controller observed).
     replicas: dict[str, float] = {}
-    for st in profile.pipeline.stage_names:
+    for st in backend.pipeline.stage_names:
         vals = [s["replicas"] for d in decisions for s in d.context["stages"]
                 if s["name"] == st]
         replicas[st] = float(np.mean(vals)) if vals else float("nan")
+    base = asdict(sc)
+    base["settings"] = json.dumps(dict(sc.settings), sort_keys=True)
     return {
-        **asdict(sc),
+        **base, "label": sc.label,
         "p99_ms": tot.p99_ms, "p50_ms": tot.p50_ms,
         "sla_attainment": tot.within_sla / tot.completed if tot.completed else float("nan"),
         "warmup_s": warmup, "p99_steady_ms": steady.p99_ms, "p50_steady_ms": steady.p50_ms,
@@ -183,8 +315,21 @@ def run_one(sc: Scenario) -> dict[str, Any]:
         "usd_per_1k_effective": tot.usd_per_1000_effective,
         "replicas_mean": float(sum(replicas.values())),
         "replicas_by_stage": replicas,
-        "rounds": len(decisions), "actions": len(decisions) - ctl.counters.noops,
-        "wall_s": time.perf_counter() - t0,
+        "rounds": len(decisions),
+    }
+
+
+def _decide_latency(decisions: Sequence[Decision]) -> dict[str, float]:
+    """p50/p99 of the "decide" step over rounds that asked the policy (probes excluded),
+    and p99 of everything else a round does (observe, reward, retrieve, validate, act)."""
+    asked = [d.timings_ms.get("decide", math.nan) for d in decisions
+             if d.source.startswith("policy:")]
+    rest = [sum(v for k, v in d.timings_ms.items() if k != "decide") for d in decisions]
+    nan = float("nan")
+    return {
+        "decide_p50_ms": float(np.percentile(asked, 50)) if asked else nan,
+        "decide_p99_ms": float(np.percentile(asked, 99)) if asked else nan,
+        "overhead_p99_ms": float(np.percentile(rest, 99)) if rest else nan,
     }
 
 

@@ -1,14 +1,19 @@
 """Benchmark outputs: `results.parquet` (one row per run) and `results.md` (means over
 seeds per app x pattern x method).
 
-Columns: app, pattern, seed, method, hours; p99_ms and p50_ms (end-to-end over the whole
-run, failures counted at k x SLA, to 1 %); sla_attainment = requests completed within the
-SLA / requests completed (drops are not in it: see the drops column); warmup_s and the
-steady-state p99_steady_ms, p50_steady_ms, sla_attainment_steady, drops_steady over
-[warmup_s, end); arrivals, completed,
-drops, errors; usd_per_1k_billable and usd_per_1k_effective ($ per 1 000 completed
-requests); replicas_mean (sum over stages of each stage's mean replica count, sampled at
-every round) and replicas_by_stage (JSON); rounds, actions (non-no-op rounds), wall_s.
+Columns: app, pattern, seed, method, hours, variant (SAIR ablation, "" = none), settings
+(JSON: the baseline's tuned constructor settings), label (method as shown: `sair[no_icl]`);
+p99_ms and p50_ms (end-to-end over the whole run, failures counted at k x SLA, to 1 %);
+sla_attainment = requests completed within the SLA / requests completed (drops are not in
+it: see the drops column); warmup_s and the steady-state p99_steady_ms, p50_steady_ms,
+sla_attainment_steady, drops_steady over [warmup_s, end); arrivals, completed, drops,
+errors; usd_per_1k_billable and usd_per_1k_effective ($ per 1 000 completed requests);
+replicas_mean (sum over stages of each stage's mean replica count, sampled at every round)
+and replicas_by_stage (JSON); rounds, actions (non-no-op rounds), probes (exploration
+rounds), policy_failures, stored (experiences remembered); validator_escapes (rounds whose
+executed action broke a limit, step, cooldown or the cluster capacity, see
+`sair_ray.bench.checks`); decide_p50_ms / decide_p99_ms (wall time of the policy's
+decision over the rounds that asked it) and overhead_p99_ms (the rest of a round); wall_s.
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ import pyarrow.parquet as pq
 
 MEAN_COLUMNS = ("p99_ms", "p50_ms", "sla_attainment", "drops", "p99_steady_ms",
                 "sla_attainment_steady", "drops_steady", "usd_per_1k_billable",
-                "usd_per_1k_effective", "replicas_mean", "wall_s")
+                "usd_per_1k_effective", "replicas_mean", "decide_p50_ms", "decide_p99_ms",
+                "overhead_p99_ms", "wall_s")
+SUM_COLUMNS = ("validator_escapes",)
+
+
+def label_of(row: dict[str, Any]) -> str:
+    """How a row's method is shown: its label, else `method[variant]`, else the method."""
+    if row.get("label"):
+        return str(row["label"])
+    return f"{row['method']}[{row['variant']}]" if row.get("variant") else str(row["method"])
 
 
 def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
@@ -33,28 +47,42 @@ def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(flat)
 
 
+def _num(r: dict[str, Any], c: str) -> float:
+    v = r.get(c)
+    return float("nan") if v is None else float(v)
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over seeds per (app, pattern, method), in first-seen order."""
+    """Means (sums for SUM_COLUMNS) over seeds per (app, pattern, method label), in
+    first-seen order; NaNs are left out of means."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["app"], r["pattern"], r["method"]), []).append(r)
+        groups.setdefault((r["app"], r["pattern"], label_of(r)), []).append(r)
     out = []
     for (app, pattern, method), rs in groups.items():
         row: dict[str, Any] = {"app": app, "pattern": pattern, "method": method,
                                "seeds": len(rs)}
         for c in MEAN_COLUMNS:
-            vals = [float(r[c]) for r in rs if not math.isnan(float(r[c]))]
+            vals = [x for x in (_num(r, c) for r in rs) if not math.isnan(x)]
             row[c] = sum(vals) / len(vals) if vals else float("nan")
+        for c in SUM_COLUMNS:
+            vals = [x for x in (_num(r, c) for r in rs) if not math.isnan(x)]
+            row[c] = sum(vals) if vals else float("nan")
         out.append(row)
     return out
+
+
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else (f"{x:.0f}" if x >= 10 else f"{x:.2f}")
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     head = ("| app | pattern | method | seeds | p99 ms | p50 ms | SLA att. | drops | "
             "steady p99 ms | steady SLA att. | steady drops | "
-            "$/1k bill. | $/1k eff. | replicas | wall s |")
-    lines = [head, "|" + "---|" * 3 + "---:|" * 12]
+            "$/1k bill. | $/1k eff. | replicas | escapes | decide p50/p99 ms | wall s |")
+    lines = [head, "|" + "---|" * 3 + "---:|" * 14]
     for s in summarise(rows):
+        esc = "-" if math.isnan(s["validator_escapes"]) else f"{s['validator_escapes']:.0f}"
         lines.append(
             f"| {s['app']} | {s['pattern']} | {s['method']} | {s['seeds']} "
             f"| {s['p99_ms']:.0f} | {s['p50_ms']:.0f} | {s['sla_attainment']:.3f} "
@@ -62,18 +90,43 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"| {s['sla_attainment_steady']:.3f} | {s['drops_steady']:.0f} "
             f"| {s['usd_per_1k_billable']:.4f} "
             f"| {s['usd_per_1k_effective']:.4f} | {s['replicas_mean']:.2f} "
+            f"| {esc} | {_ms(s['decide_p50_ms'])}/{_ms(s['decide_p99_ms'])} "
             f"| {s['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
-    """Write results.parquet and results.md under `out_dir` (created); their paths."""
+def settings_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The baseline settings the rows ran with, one line per (app, method) that had any."""
+    seen: dict[tuple[str, str], str] = {}
+    for r in rows:
+        s = r.get("settings") or "{}"
+        if s != "{}":
+            seen.setdefault((r["app"], r["method"]), s)
+    if not seen:
+        return ""
+    lines = ["| app | method | settings |", "|---|---|---|"]
+    lines += [f"| {app} | {m} | `{s}` |" for (app, m), s in seen.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path,
+                  command: str = "") -> dict[str, Path]:
+    """Write results.parquet and results.md under `out_dir` (created); their paths.
+    `command`, when given, is recorded at the top of results.md."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     paths = {"parquet": d / "results.parquet", "markdown": d / "results.md"}
     pq.write_table(to_table(rows), paths["parquet"])
+    head = f"Command: `{command}`\n\n" if command else ""
+    settings = settings_markdown(rows)
+    if settings:
+        settings = "Baseline settings (tuned per app by the sweep, see bench/tuned.py):\n\n" \
+                   + settings + "\n"
     paths["markdown"].write_text(
-        "Means over seeds. SLA attainment: completed requests within the SLA / completed "
-        "requests (drops excluded, see the drops column). $ per 1 000 completed requests. "
-        "replicas: sum over stages of the mean replicas per stage.\n\n" + to_markdown(rows))
+        head + "Means over seeds (escapes: sum over seeds). SLA attainment: completed "
+        "requests within the SLA / completed requests (drops excluded, see the drops "
+        "column); steady: after the warm-up, drops and errors counted as misses. $ per "
+        "1 000 completed requests. replicas: sum over stages of the mean replicas per "
+        "stage. decide: the policy's decision time per round that asked it.\n\n"
+        + settings + to_markdown(rows))
     return paths

@@ -62,6 +62,7 @@ _COMPLETE, _READY = 0, 1
 # Scale-down victims, cheapest to lose first (Ray Serve and Kubernetes both prefer pods
 # that are not running yet).
 _RETIRE_RANK = {PENDING: 0, STARTING: 1, RESTARTING: 2, IDLE: 3, BUSY: 4}
+_heappush, _heappop = heapq.heappush, heapq.heappop  # module-level: hot-path lookups
 CRASH_BACKOFF_S = (10.0, 300.0)  # Kubernetes CrashLoopBackOff: 10 s doubling, capped at 5 min
 
 Request = tuple[int, float, list[float]]  # (id, arrival time, reference time per stage)
@@ -86,6 +87,11 @@ class _Replica:
 
 
 class _Stage:
+    __slots__ = ("alloc_hist", "alloc_t", "batch_max", "batch_overhead_s", "config",
+                 "declared", "drop_log", "error_log", "idle", "idx", "job_log", "kind",
+                 "log_job", "log_req", "model", "next", "queue", "queue_max", "rate",
+                 "replicas", "req_log", "rolling", "serving", "serving_series", "spec")
+
     def __init__(self, idx: int, spec: StageSpec, model: StageModel, alloc: StageAllocation,
                  t0: float) -> None:
         self.idx, self.spec, self.model = idx, spec, model
@@ -107,11 +113,12 @@ class _Stage:
         self.drop_log = array("d")
         self.error_log = array("d")
         self.next: _Stage | None = None
+        # model constants read on every request, cached as plain attributes (hot path)
+        self.batch_max = model.batch_max
+        self.batch_overhead_s = model.batch_overhead_s
         # bound appends for the hot path (compaction deletes in place, so they stay valid)
-        self.log_req = (self.req_log.cols["enq"].append, self.req_log.cols["start"].append,
-                        self.req_log.cols["end"].append)
-        self.log_job = (self.job_log.cols["start"].append, self.job_log.cols["end"].append,
-                        self.job_log.cols["share"].append)
+        self.log_req = self.req_log.appenders
+        self.log_job = self.job_log.appenders
 
     def allocation_at(self, t: float) -> StageAllocation:
         i = bisect.bisect_right(self.alloc_t, t) - 1
@@ -150,6 +157,7 @@ class Simulation:
 
         self._heap: list[tuple[Any, ...]] = []
         self._seq = itertools.count()
+        self._next_seq = self._seq.__next__
         self._rep_ids = itertools.count()
         self._rid = 0
         self._inflight: dict[int, float] = {}
@@ -157,8 +165,9 @@ class Simulation:
         self._a_times: list[float] = []
         self._a_refs: list[list[float]] = []
         self._a_pos = 0
-        self._arrival_log = array("d")
+        self._arrival_log = Columns(("t",), key="t")
         self._done = Columns(("t", "latency"), key="t")
+        self._done_append = self._done.appenders
         self._fail_log = array("d")
         self.n_arrivals = self.n_completed = self.n_drops = self.n_errors = 0
         self.n_within_sla = 0
@@ -186,13 +195,20 @@ class Simulation:
             raise ValueError(f"cannot run backwards: now={self.now}, asked for {t_end}")
         heap = self._heap
         first = self._stages[0]
+        f_idle, f_queue, f_qmax = first.idle, first.queue, first.queue_max
         inf = math.inf
+        heappop = _heappop
+        complete, ready, arrive = self._complete, self._ready, self._arrive
+        log_arrival, inflight = self._arrival_log.appenders[0], self._inflight
         times, refs, pos = self._a_times, self._a_refs, self._a_pos
+        n_times = len(times)
+        rid = self._rid  # request ids count arrivals
         while True:
-            if pos >= len(times):
+            if pos >= n_times:
                 if self._block_t <= t_end:
                     self._next_block()
                     times, refs, pos = self._a_times, self._a_refs, 0
+                    n_times = len(times)
                     continue
                 na = inf
             else:
@@ -201,24 +217,34 @@ class Simulation:
             if ne <= na:
                 if ne > t_end:
                     break
-                t, _, kind, st, rep, version = heapq.heappop(heap)
+                t, _, kind, st, rep, version = heappop(heap)
                 if version != rep.version:
                     continue
                 if kind == _COMPLETE:
-                    self._complete(st, rep, t)
+                    complete(st, rep, t)
                 else:
-                    self._ready(st, rep, t)
+                    ready(st, rep, t)
             else:
                 if na > t_end:
                     break
-                rid = self._rid
-                self._rid = rid + 1
                 req = (rid, na, refs[pos])
                 pos += 1
-                self.n_arrivals += 1
-                self._arrival_log.append(na)
-                self._inflight[rid] = na
-                self._arrive(first, req, na)
+                log_arrival(na)
+                inflight[rid] = na
+                rid += 1
+                if f_idle:  # _arrive(first, req, na), its common case inlined
+                    rep = f_idle.pop()
+                    end = na + (req[2][0] + first.batch_overhead_s) * rep.factor
+                    rep.state = BUSY
+                    rep.job = ([(req, na)], na, end)
+                    _heappush(heap, (end, self._next_seq(), _COMPLETE, first, rep,
+                                     rep.version))
+                elif len(f_queue) < f_qmax:
+                    f_queue.append((req, na))
+                else:
+                    arrive(first, req, na)  # the drop path
+        self.n_arrivals += rid - self._rid
+        self._rid = rid
         self._a_pos = pos
         self.now = max(self.now, t_end)
         if self.retain_s is not None and self.now - self._last_compact > self.retain_s / 2:
@@ -308,10 +334,17 @@ class Simulation:
         self._a_pos = 0
 
     # -- request flow -----------------------------------------------------------------------
+    # The functions below run once per request per stage; they are written for speed
+    # (locals bound once, the common single-request case inlined) and must keep the exact
+    # order of heap pushes, so that results stay identical for a seed.
     def _arrive(self, st: _Stage, req: Request, t: float) -> None:
         # Invariant: a replica is idle only while its stage's queue is empty.
         if st.idle:
-            self._start(st, st.idle.pop(), [(req, t)], t)
+            rep = st.idle.pop()
+            end = t + (req[2][st.idx] + st.batch_overhead_s) * rep.factor
+            rep.state = BUSY
+            rep.job = ([(req, t)], t, end)
+            _heappush(self._heap, (end, self._next_seq(), _COMPLETE, st, rep, rep.version))
         elif len(st.queue) >= st.queue_max:
             st.drop_log.append(t)
             self.n_drops += 1
@@ -326,15 +359,13 @@ class Simulation:
             ref = items[0][0][2][k]
         else:
             ref = sum(it[0][2][k] for it in items)
-        ref += st.model.batch_overhead_s
-        end = t + ref * rep.factor
+        end = t + (ref + st.batch_overhead_s) * rep.factor
         rep.state = BUSY
         rep.job = (items, t, end)
-        heapq.heappush(self._heap, (end, next(self._seq), _COMPLETE, st, rep, rep.version))
+        _heappush(self._heap, (end, self._next_seq(), _COMPLETE, st, rep, rep.version))
 
     def _complete(self, st: _Stage, rep: _Replica, t: float) -> None:
-        assert rep.job is not None
-        items, t0, _ = rep.job
+        items, t0, _ = rep.job  # type: ignore[misc]  # a completion event implies a job
         rep.job = None
         j_start, j_end, j_share = st.log_job
         j_start(t0)
@@ -353,15 +384,59 @@ class Simulation:
             return
         r_enq, r_start, r_end = st.log_req
         nxt = st.next
-        for req, enq in items:
-            r_enq(enq)
-            r_start(t0)
-            r_end(t)
-            if nxt is not None:
-                self._arrive(nxt, req, t)
-            else:
-                self._finish(req, t)
-        self._dispatch(st, rep, t)
+        if nxt is not None:
+            # _arrive(nxt, req, t), inlined
+            n_idle, n_queue, n_k = nxt.idle, nxt.queue, nxt.idx
+            for req, enq in items:
+                r_enq(enq)
+                r_start(t0)
+                r_end(t)
+                if n_idle:
+                    nrep = n_idle.pop()
+                    end = t + (req[2][n_k] + nxt.batch_overhead_s) * nrep.factor
+                    nrep.state = BUSY
+                    nrep.job = ([(req, t)], t, end)
+                    _heappush(self._heap, (end, self._next_seq(), _COMPLETE, nxt, nrep,
+                                                nrep.version))
+                elif len(n_queue) >= nxt.queue_max:
+                    nxt.drop_log.append(t)
+                    self.n_drops += 1
+                    self._fail(req, t)
+                else:
+                    n_queue.append((req, t))
+        else:
+            done_t, done_lat = self._done_append
+            inflight = self._inflight
+            sla = self._sla_s
+            within = 0
+            for req, enq in items:
+                r_enq(enq)
+                r_start(t0)
+                r_end(t)
+                lat = t - req[1]
+                done_t(t)
+                done_lat(lat)
+                if lat <= sla:
+                    within += 1
+                del inflight[req[0]]
+            self.n_completed += len(items)
+            self.n_within_sla += within
+        # _dispatch, with its common cases inlined
+        if rep.leaving or rep.restart_next:
+            self._dispatch(st, rep, t)
+            return
+        q = st.queue
+        if not q:
+            rep.state = IDLE
+            st.idle.append(rep)
+        elif st.batch_max == 1:
+            item = q.popleft()
+            end = t + (item[0][2][st.idx] + st.batch_overhead_s) * rep.factor
+            rep.state = BUSY
+            rep.job = ([item], t, end)
+            _heappush(self._heap, (end, self._next_seq(), _COMPLETE, st, rep, rep.version))
+        else:
+            self._start(st, rep, [q.popleft() for _ in range(min(st.batch_max, len(q)))], t)
 
     def _dispatch(self, st: _Stage, rep: _Replica, t: float) -> None:
         """A replica is free: leave, restart, take the next batch, or idle."""
@@ -371,22 +446,12 @@ class Simulation:
             self._restart(st, rep, t)
         elif st.queue:
             q = st.queue
-            b = st.model.batch_max
+            b = st.batch_max
             items = [q.popleft()] if b == 1 else [q.popleft() for _ in range(min(b, len(q)))]
             self._start(st, rep, items, t)
         else:
             rep.state = IDLE
             st.idle.append(rep)
-
-    def _finish(self, req: Request, t: float) -> None:
-        lat = t - req[1]
-        d = self._done.cols
-        d["t"].append(t)
-        d["latency"].append(lat)
-        self.n_completed += 1
-        if lat <= self._sla_s:
-            self.n_within_sla += 1
-        del self._inflight[req[0]]
 
     def _fail(self, req: Request, t: float) -> None:
         self._fail_log.append(t)
@@ -427,7 +492,7 @@ class Simulation:
     def _boot(self, st: _Stage, rep: _Replica, t: float, state: int, delay: float) -> None:
         self._set_serving(st, rep, state, t)
         rep.version += 1
-        heapq.heappush(self._heap, (t + delay, next(self._seq), _READY, st, rep, rep.version))
+        _heappush(self._heap, (t + delay, self._next_seq(), _READY, st, rep, rep.version))
 
     def _ready(self, st: _Stage, rep: _Replica, t: float) -> None:
         self._set_serving(st, rep, IDLE, t)
@@ -532,7 +597,7 @@ class Simulation:
                 new_end = t + (end - t) * rep.factor / old
                 rep.version += 1
                 rep.job = (items, t0, new_end)
-                heapq.heappush(self._heap, (new_end, next(self._seq), _COMPLETE, st, rep,
+                _heappush(self._heap, (new_end, self._next_seq(), _COMPLETE, st, rep,
                                             rep.version))
 
     # -- cost -----------------------------------------------------------------------------------
@@ -564,7 +629,7 @@ class Simulation:
         if start < self._horizon - 1e-9:
             raise ValueError(f"window [{start}, {end}) starts before {self._horizon}, the "
                              f"oldest retained record (retain_s={self.retain_s})")
-        n_arr = _count(self._arrival_log, start, end)
+        n_arr = self._arrival_log.count(start, end)
         sl = self._done.range(start, end)
         lat = self._done.view("latency")[sl]
         n_fail = _count(self._fail_log, start, end)
@@ -655,7 +720,7 @@ class Simulation:
     def _compact(self, before: float) -> None:
         self._last_compact = self.now
         self._horizon = before
-        _drop_before(self._arrival_log, before)
+        self._arrival_log.compact(before)
         n_fail = bisect.bisect_left(self._fail_log, before)
         self._lat_hist.add(np.full(n_fail, self.failure_latency_factor * self._sla_s))
         _drop_before(self._fail_log, before)

@@ -39,8 +39,12 @@ def test_tiny_grid_end_to_end_via_cli(tmp_path):
     static = next(r for r in table if r["method"] == "static")
     assert static["replicas_mean"] == len(load_profile(APP).pipeline.stages)
     md = (out / "results.md").read_text()
-    rows = [ln for ln in md.splitlines() if ln.startswith(f"| {APP} ")]
+    rows = [ln for ln in md.splitlines()
+            if ln.startswith(f"| {APP} | poisson |") or ln.startswith(f"| {APP} | burst |")]
     assert len(rows) == 4
+    # the tuned HPA target is recorded, static has no settings
+    assert f'| {APP} | hpa | `{{"target": ' in md and f"| {APP} | static | `" not in md
+    assert {r["settings"] for r in table if r["method"] == "static"} == {"{}"}
     assert "| poisson | hpa | 1 |" in md
 
 
@@ -99,7 +103,7 @@ def test_bad_grid_arguments():
         build_grid([APP], hours=0)
     with pytest.raises(BenchError, match="seed"):
         build_grid([APP], seeds=0)
-    assert len(build_grid()) == 4 * 3 * 6
+    assert len(build_grid()) == 4 * 3 * 7   # 6 baselines + sair-retrieval
 
 
 def test_steady_state_attainment_counts_failures_as_misses():

@@ -118,22 +118,3 @@ def test_a_busy_stage_that_keeps_up_is_not_overloaded():
     r = analyse(ctx, p)
     assert r.label == "preprocess" and r.stages == ("preprocess",)
 
-
-def test_safe_probes_only_add_capacity():
-    import numpy as _np
-
-    from sair_ray.config import ValidatorConfig as _V
-    from sair_ray.exploration import probe as _probe
-    from tests import factories as _f
-
-    p = _f.pipeline()
-    cur = p.initial_allocation()
-    rng = _np.random.default_rng(0)
-    for _ in range(200):
-        prop = _probe(p, cur, _V(), rng, only_up=True)
-        (stage, entry), = prop.items()
-        a = cur[stage]
-        assert entry.get("replicas", a.replicas) >= a.replicas
-        assert entry.get("cpu_millicores", a.cpu_m) >= a.cpu_m
-        assert entry.get("memory_mb", a.mem_mb) >= a.mem_mb
-        assert entry.get("rate_ratio", a.rate) >= a.rate

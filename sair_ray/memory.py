@@ -58,6 +58,12 @@ class MemoryStoreError(RuntimeError):
     """The memory directory cannot be used (corrupt, wrong dimension, locked)."""
 
 
+def quarantine_advice(path: Path) -> str:
+    """What to do about a corrupt memory: named the same way by the library and the CLI."""
+    return (f"Move it aside and start fresh with `sair memory quarantine {path}` "
+            "(or `ExperienceMemory.quarantine(path)`).")
+
+
 def schema(dim: int) -> pa.Schema:
     return pa.schema([
         ("id", pa.string()),
@@ -149,8 +155,7 @@ class _Journal:
                     break
                 raise MemoryStoreError(
                     f"memory journal {path} is corrupt at line {i + 1} (CRC mismatch before "
-                    "the end, so not a torn write). Move the memory aside with "
-                    "`ExperienceMemory.quarantine(path)` to start fresh.")
+                    f"the end, so not a torn write). {quarantine_advice(path.parent)}")
             rows.append(json.loads(line[9:]))
             good += len(line) + 1
         if tail:
@@ -222,8 +227,8 @@ class ExperienceMemory:
                 t = pq.read_table(seg)
             except Exception as e:
                 raise MemoryStoreError(
-                    f"memory segment {seg} cannot be read ({e}). Move the memory aside with "
-                    "`ExperienceMemory.quarantine(path)` to start fresh.") from None
+                    f"memory segment {seg} cannot be read ({e}). "
+                    f"{quarantine_advice(self.path)}") from None
             self._check_schema(t, seg)
             tables.append(t)
         journal = self.path / "journal.jsonl"
@@ -574,7 +579,11 @@ class ExperienceMemory:
         """The phi dimension a memory directory was written with (None if it is empty)."""
         p = Path(path)
         for seg in sorted((p / "segments").glob("seg-*.parquet")):
-            typ = pq.read_schema(seg).field("phi").type
+            try:  # a corrupt segment is refused with advice here too, not a pyarrow traceback
+                typ = pq.read_schema(seg).field("phi").type
+            except Exception as e:
+                raise MemoryStoreError(f"memory segment {seg} cannot be read ({e}). "
+                                       f"{quarantine_advice(p)}") from None
             return int(typ.list_size)
         rows, _ = _Journal.read(p / "journal.jsonl")
         return len(rows[0]["phi"]) if rows else None

@@ -31,12 +31,26 @@ def _clean(x: Any) -> Any:
     return repr(x)
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a line a crash left half-written, so appending after a restart cannot glue a new
+    record onto it and make the middle of the file unreadable."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, 2)
+        if f.read(1) == b"\n":
+            return
+        data = f.seek(0) or f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 class DecisionLog:
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
         self._f = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_torn_tail(self.path)
             self._f = open(self.path, "a")  # noqa: SIM115 - open for the log's lifetime
 
     def write(self, kind: str, record: dict[str, Any]) -> None:

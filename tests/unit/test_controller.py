@@ -158,3 +158,18 @@ def test_a_failing_memory_write_does_not_stop_the_loop(tmp_path):
     decisions = run_virtual(ctl, backend, until=90)
     assert len(decisions) == 3 and ctl.counters.memory_failures >= 1
     assert ctl.counters.stored == 0 and len(mem) == 0
+
+
+def test_decision_log_reopened_after_a_torn_write_stays_readable(tmp_path):
+    from sair_ray.decision_log import DecisionLog
+
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path)
+    log.write("decision", {"round": 0})
+    log.close()
+    with open(path, "a") as f:
+        f.write('{"kind":"decision","round":1,"con')   # the crash
+    log = DecisionLog(path)
+    log.write("decision", {"round": 1})
+    log.close()
+    assert [r["round"] for r in DecisionLog.read(path)] == [0, 1]

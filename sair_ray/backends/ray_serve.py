@@ -64,7 +64,9 @@ class ServeAdminError(RuntimeError):
 class ServeAdmin:
     """Minimal client of the Serve REST API on the Ray dashboard (stdlib HTTP only)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    # A config PUT makes the dashboard validate and hand the whole config to the Serve
+    # controller; on 2 busy cores that took over 10 s. A round is 30 s, so wait up to 30.
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
         if "://" not in url:
             url = f"http://{url}"
         self.url = url.rstrip("/")

@@ -117,9 +117,7 @@ def build(request: PolicyRequest, v: ValidatorConfig,
     for r in ranked:
         if sum(c.label.startswith("episode") for c in out) >= max_episodes:
             break
-        prop = {s.name: _within(target_json(s.kind, s.allocation,
-                                            r.experience.action.get(s.name, {})),
-                                pipeline.stage(s.name).limits(v), s)
+        prop = {s.name: target_json(s.kind, s.allocation, r.experience.action.get(s.name, {}))
                 for s in stages}
         if failing:
             # a failing pipeline needs capacity where it is short: an episode that removes
@@ -130,24 +128,6 @@ def build(request: PolicyRequest, v: ValidatorConfig,
         if all(c.proposal != prop for c in out):
             out.append(Candidate(f"episode {r.experience.id[:8]}", prop,
                                  f"reward {r.experience.reward:+.2f}"))
-    return out
-
-
-def _within(target: dict[str, Any], lim: Any, s: StageObservation) -> dict[str, Any]:
-    """An episode's target clamped into the stage's limits, `none` if nothing is left to
-    change: "one more replica" replayed at the replica limit is no action, and must not
-    pass for one that relieves the bottleneck."""
-    out = dict(target)
-    for key, lo, hi, cur in (("replicas", lim.replicas_min, lim.replicas_max, s.replicas),
-                             ("cpu_millicores", lim.cpu_m_min, lim.cpu_m_max, s.cpu_m),
-                             ("memory_mb", lim.mem_mb_min, lim.mem_mb_max, s.mem_mb),
-                             ("rate_ratio", lim.rate_min, lim.rate_max, s.rate)):
-        if key in out:
-            out[key] = min(hi, max(lo, out[key]))
-            if out[key] == cur:
-                del out[key]
-    if len(out) == 1:   # only the verb is left
-        return {"action": "none"}
     return out
 
 

@@ -105,18 +105,3 @@ def test_a_failing_pipeline_is_only_offered_episodes_that_relieve_its_bottleneck
     assert [c.label[:16] for c in cands if c.label.startswith("episode")] == \
         ["episode help0000"]
     assert default_choice(cands).label.startswith("episode help0000")
-
-
-def test_an_episode_replayed_at_the_limit_is_no_relief():
-    p = factories.pipeline()
-    past = factories.context(p)
-    more = experience(past, {"preprocess": {"replicas": 1}}, 0.9, "more0000aa")
-    alloc = p.initial_allocation() | {"preprocess": StageAllocation(8, 1000, 1024)}
-    ctx = factories.context(p, p99=4 * p.sla_ms, alloc=alloc, util={"preprocess": 0.99},
-                            queue={"preprocess": 200.0}, stage_p99={"preprocess": 400.0})
-    cands = build(request(p, ctx, (retrieved(more),)), V)
-    assert not any(c.label.startswith("episode") for c in cands)
-    relief = default_choice(cands)
-    assert relief.label == "relieve preprocess"     # at 8 replicas: more CPU instead
-    assert relief.proposal["preprocess"] == {"action": "scale_resources",
-                                             "cpu_millicores": 1500, "memory_mb": 1024}

@@ -44,7 +44,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
 
     with ray_cluster() as cluster:
         ray.init(address=cluster.address, log_to_driver=False)
-        admin = ServeAdmin(f"127.0.0.1:{DASHBOARD_PORT}")
+        admin = ServeAdmin(f"127.0.0.1:{DASHBOARD_PORT}", timeout_s=180)  # starts Serve
         admin.deploy(tiny_config())
         wait_running(admin, APP)
         yield {"cluster": cluster, "admin": admin,

@@ -7,6 +7,7 @@ import re
 import socket
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -25,12 +26,15 @@ def _free_port() -> int:
 def test_metrics_are_scraped_from_ray(tmp_path):
     ray = pytest.importorskip("ray")
     port = _free_port()
+    app = f"prom-{uuid.uuid4().hex[:8]}"
     # address="local": a new node owned by this test, never someone else's cluster
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=port)
     try:
         backend, ctl, mem = _controller(tmp_path)
-        exp = MetricsExporter("imgcls")
+        # a tag no other test uses: metric objects made earlier in this process (the
+        # exporter tests without Ray) flush their records into this node too
+        exp = MetricsExporter(app)
         for i in range(1, 11):
             backend.advance_to(i * 30.0)
             exp.record(ctl.tick(i * 30.0), ctl)
@@ -51,7 +55,7 @@ def test_metrics_are_scraped_from_ray(tmp_path):
     def value(metric: str, **tags: str) -> float:
         for line in text.splitlines():
             if line.startswith(metric + "{") and all(f'{k}="{v}"' in line
-                                                     for k, v in {"app": "imgcls",
+                                                     for k, v in {"app": app,
                                                                   **tags}.items()):
                 return float(line.rsplit(" ", 1)[1])
         raise AssertionError(f"{metric} {tags} not scraped")

@@ -269,7 +269,9 @@ class LLMPolicy:
         obj = reply if isinstance(reply, dict) else _first_object(reply)
         answer = obj.get("action") if isinstance(obj, dict) else reply
         rationale = obj.get("rationale", "") if isinstance(obj, dict) else ""
-        rationale = rationale if isinstance(rationale, str) else ""
+        # DSPy hands an absent or null field over as the text "None"
+        rationale = rationale if isinstance(rationale, str) and rationale.strip() not in (
+            "None", "null") else ""
         c = pick(cands, answer)
         if c is None:
             return PolicyReply(proposal=None, raw=raw, prompt_chars=self.last_prompt_chars,

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sair_ray.observe.context import context_from_window
 from sair_ray.sim.profiles import Profile, ProfileError, load_profile
 from sair_ray.types import (
     ClusterResources,
@@ -39,8 +40,6 @@ from sair_ray.types import (
     PipelineSpec,
     StageAllocation,
     StageKind,
-    StageObservation,
-    StageSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -318,19 +317,9 @@ class RayServeBackend:
         view = self._view()
         allocation = self._allocation(view)
         self._detect_external(allocation, end)
-        w = self.metrics.window(start, end)
-        stages = []
-        for spec in self._pipeline.stages:
-            a = allocation[spec.name]
-            sw = w.stages.get(spec.name)
-            stages.append(_stage_observation(spec, a, sw))
-        p50, p99 = _finite_or(w.p50_ms, 0.0), _finite_or(w.p99_ms, 0.0)
-        if w.completions == 0 and (w.arrivals > 0 or w.in_flight > 0):
-            # Requests came but none finished: the latency is unknown, i.e. the worst case.
-            p50 = p99 = math.nan
-        return Context(app=self.app, time=end, stages=tuple(stages),
-                       arrival_rate=w.arrival_rate, p50_ms=p50, p99_ms=p99,
-                       sla_ms=self._pipeline.sla_ms, errors=int(w.errors), drops=0)
+        ctx = context_from_window(self.metrics.window(start, end), self._pipeline, allocation)
+        # named after the Serve app (a user profile may carry another name), at round time
+        return replace(ctx, app=self.app, time=end)
 
     def apply(self, target: Mapping[str, StageAllocation], now: float) -> None:
         """Move stages to `target`. Each step that fails is logged and recorded in
@@ -526,23 +515,6 @@ def _load_profile(app: str, profile: Profile | str | Path | None) -> Profile:
                                   ) from None
         raise ServeSetupError(str(e)) from None
     return p
-
-
-def _stage_observation(spec: StageSpec, a: StageAllocation, sw: Any) -> StageObservation:
-    if sw is None:  # the stage has not reported yet (no request reached it)
-        return StageObservation(spec.name, spec.kind, a.replicas, a.cpu_m, a.mem_mb, a.rate)
-    util = _finite_or(sw.util, 0.0)
-    if spec.is_gpu and sw.gpu_util is not None:
-        util = sw.gpu_util / max(a.rate, 1e-9)  # SPEC 2: GPU busy time normalised to quota
-    return StageObservation(
-        name=spec.name, kind=spec.kind, replicas=a.replicas, cpu_m=a.cpu_m, mem_mb=a.mem_mb,
-        rate=a.rate, queue=float(sw.queue), util=util, p50_ms=_finite_or(sw.p50_ms, 0.0),
-        p99_ms=_finite_or(sw.p99_ms, 0.0), queue_delay_ms=_finite_or(sw.queue_delay_ms, 0.0),
-        throughput_rps=float(sw.throughput_rps))
-
-
-def _finite_or(x: float | None, default: float) -> float:
-    return float(x) if x is not None and math.isfinite(x) else default
 
 
 def _cluster(r: Mapping[str, float]) -> ClusterResources:

@@ -20,7 +20,6 @@ from typing import Any
 
 from sair_ray.config import ValidatorConfig
 from sair_ray.types import (
-    Action,
     ClusterResources,
     Context,
     Experience,
@@ -225,7 +224,3 @@ def output_schema(pipeline: PipelineSpec, v: ValidatorConfig) -> dict[str, Any]:
 def free_line(free: ClusterResources) -> str:
     return (f"Free now: {_n(free.cpus)} CPU cores, {_n(free.memory_mb / 1024)} GB memory, "
             f"{_n(free.gpus)} GPUs.")
-
-
-def describe_action(a: Action, ctx: Context) -> str:
-    return json.dumps(action_json(ctx, a.to_dict()), separators=(",", ":"))

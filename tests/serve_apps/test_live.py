@@ -110,7 +110,11 @@ def test_bad_requests_and_stage_failures_are_explicit_and_counted(deployed: str)
         assert json.loads(r.read())["stages"] == ["preprocess", "inference", "postprocess"]
 
     client = MetricsClient(APP)
-    w = wait_for(lambda: client.window(t0, time.time() + 0.001), lambda w: w.errors >= 3)
+    # the ingress and the preprocess replica push their meters separately (~1 s
+    # batches each), so wait for both sides of the failed request
+    w = wait_for(lambda: client.window(t0, time.time() + 0.001),
+                 lambda w: w.errors >= 3 and "preprocess" in w.stages
+                 and w.stages["preprocess"].errors >= 1)
     assert (w.arrivals, w.errors, w.completions) == (3, 3, 0)
     assert math.isnan(w.p99_ms)
     pre = w.stages["preprocess"]

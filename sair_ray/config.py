@@ -137,8 +137,8 @@ class ExplorationConfig(_Validated):
     epsilon_0: float = _opt(0.15, "Initial probe probability.", 0, 1)
     epsilon_decay: float = _opt(0.95, "Per-round decay factor.", 0, 1)
     epsilon_min: float = _opt(0.05, "Floor of the probe probability.", 0, 1)
-    safe: bool = _opt(False, "While p99 exceeds the SLA, probes only add capacity (a "
-                      "production guard; SPEC 5 probes in both directions).")
+    safe: bool = _opt(False, "Probes only add capacity and never resize a stage's only "
+                      "replica (a restart); a production guard, SPEC 5 probes both ways.")
 
     def _check(self) -> None:
         if self.epsilon_min > self.epsilon_0:

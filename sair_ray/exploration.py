@@ -1,11 +1,15 @@
 """Forced exploration (SPEC 5): epsilon-greedy probes with a decaying epsilon.
 
 A probe picks one stage uniformly, one of its action dimensions uniformly, and one
-non-zero step of that dimension uniformly (only positive steps with `exploration.safe`
-while p99 exceeds the SLA), and is expressed as an absolute-target
+non-zero step of that dimension uniformly, and is expressed as an absolute-target
 proposal so it goes through the validator like any other action. The step grid per
 dimension is {-max, -max/2, +max/2, +max} of the validator's per-step maximum (replicas:
 {-2, -1, +1, +2} with the defaults).
+
+`exploration.safe` (a production guard, off by default as SPEC 5 probes both ways) keeps
+the probes that cannot hurt serving: positive steps only, and no CPU or memory step on a
+stage with a single replica, because a resize is a redeploy that restarts the replica
+(Ray Serve replaces it; a one-replica stage serves nothing meanwhile).
 """
 
 from __future__ import annotations
@@ -44,18 +48,19 @@ def step_grid(dim: str, v: ValidatorConfig) -> list[float]:
 
 
 def probe(pipeline: PipelineSpec, current: Mapping[str, StageAllocation], v: ValidatorConfig,
-          rng: np.random.Generator, *, only_up: bool = False) -> dict[str, Any]:
-    """A random one-step proposal; `only_up` (safe exploration while the SLA is violated)
-    keeps the positive steps only, so a probe cannot take capacity from a failing
-    pipeline."""
+          rng: np.random.Generator, *, safe: bool = False) -> dict[str, Any]:
+    """A random one-step proposal; `safe` keeps only the steps that add capacity without
+    restarting a stage's only replica (see the module docstring)."""
     stage = pipeline.stages[int(rng.integers(len(pipeline.stages)))]
+    cur = current[stage.name]
     dims = ["replicas", "rate"] if stage.is_gpu else ["replicas", "cpu_m", "mem_mb"]
+    if safe and cur.replicas <= 1:
+        dims = [d for d in dims if d not in ("cpu_m", "mem_mb")]
     dim = dims[int(rng.integers(len(dims)))]
     grid = step_grid(dim, v)
-    if only_up:
+    if safe:
         grid = [g for g in grid if g > 0]
     step = grid[int(rng.integers(len(grid)))]
-    cur = current[stage.name]
     if dim == "replicas":
         return {stage.name: {"action": "scale_replicas", "replicas": cur.replicas + int(step)}}
     if dim == "rate":

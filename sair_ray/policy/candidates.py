@@ -4,15 +4,17 @@ A 135M-parameter model cannot reason its way from metrics to a good allocation, 
 can pick among a handful of sensible, fully-formed options and copy one, which is what
 in-context learning in small models amounts to. Each round offers:
 
-- `hold`: every stage as it is;
+- `fit`: every stage sized to the load it measured (`sizing.fit`), one validator step;
 - `relieve <stage>`: one validator step more capacity for the stage(s) the bottleneck
   analysis names (replicas, or CPU when replicas are at their limit; GPU rate first, then
   replicas), offered whenever the SLA is violated or a stage is saturated;
-- `trim <stage>`: one replica (or one rate step) less on the least-utilised stage, offered
-  when p99 is under half the SLA and nothing is saturated;
 - `episode <id>`: the action of each of the best retrieved episodes (similarity x reward),
-  re-applied as a delta from the current allocation; while the SLA is violated or a stage
-  is saturated, only episodes that add capacity to a bottleneck stage and remove none.
+  re-applied as a delta from the current allocation, where it moves every stage the way
+  `fit` does and gives none less;
+- `hold`: every stage as it is, unless the pipeline fails and something else would help.
+
+Every candidate on offer is one a blind pick could take without harm, because a small
+model at temperature 1 picks nearly blindly.
 
 All are proposals in the SPEC 6 schema (absolute targets for every stage); the validator
 still clamps them. With `policy.decoding = "candidates"` the LLM answers with one
@@ -27,12 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sair_ray.config import ValidatorConfig
+from sair_ray.policy import sizing
 from sair_ray.policy.base import PolicyRequest
 from sair_ray.policy.prompt import target_json
 from sair_ray.types import PipelineSpec, StageKind, StageObservation
 
 MAX_EPISODES = 3
-TRIM_BELOW = 0.5   # p99 under this share of the SLA counts as over-provisioned
 
 
 @dataclass(frozen=True)
@@ -79,39 +81,33 @@ def _more(s: StageObservation, pipeline: PipelineSpec, v: ValidatorConfig) -> di
     return None
 
 
-def _less(s: StageObservation, pipeline: PipelineSpec, v: ValidatorConfig) -> dict | None:
-    lim = pipeline.stage(s.name).limits(v)
-    if s.replicas > lim.replicas_min:
-        return {"action": "scale_replicas", "replicas": s.replicas - 1}
-    if s.kind == StageKind.GPU and s.rate > lim.rate_min + 1e-9:
-        return {"action": "adjust_rate",
-                "rate_ratio": round(max(lim.rate_min, s.rate - v.max_rate_step / 2), 2)}
-    return None
-
-
 def build(request: PolicyRequest, v: ValidatorConfig,
           max_episodes: int = MAX_EPISODES) -> list[Candidate]:
     ctx, pipeline = request.context, request.pipeline
     stages = ctx.stages
-    out = [Candidate("hold", _hold(stages))]
+    hold = _hold(stages)
     report = request.bottleneck
     saturated = {sy.stage for sy in getattr(report, "symptoms", ()) if sy.saturated}
     named = list(getattr(report, "stages", ()))
     failing = ctx.p99_ms > ctx.sla_ms or bool(saturated)
+    out: list[Candidate] = []
+    relief = dict(hold)
     if named and failing:
-        prop = _hold(stages)
         for name in named:
             more = _more(ctx.stage(name), pipeline, v)
             if more is not None:
-                prop[name] = more
-        if prop != _hold(stages):
-            out.append(Candidate(f"relieve {'+'.join(named)}", prop))
-    if ctx.p99_ms < TRIM_BELOW * ctx.sla_ms and not saturated:
-        for s in sorted(stages, key=lambda s: s.util):
-            less = _less(s, pipeline, v)
-            if less is not None:
-                out.append(Candidate(f"trim {s.name}", {**_hold(stages), s.name: less}))
-                break
+                relief[name] = more
+        if relief != hold:
+            out.append(Candidate(f"relieve {'+'.join(named)}", relief))
+    sized = sizing.fit(ctx, pipeline, v, request.history)
+    for name in named:
+        # the analysis names a stage the sizing finds no shortage in (latency-bound, or a
+        # window without the work to estimate from): give it the relief step as well
+        if sized[name]["action"] == "none" and relief[name]["action"] != "none":
+            sized[name] = relief[name]
+    if sized != hold:
+        out.append(Candidate("fit", sized, "sized to the measured load"))
+    direction = {s.name: _adds_capacity(s, sized[s.name]) for s in stages}
     ranked = sorted((r for r in request.episodes if r.experience.reward > 0),
                     key=lambda r: -(r.similarity * r.experience.reward))
     for r in ranked:
@@ -119,28 +115,55 @@ def build(request: PolicyRequest, v: ValidatorConfig,
             break
         prop = {s.name: target_json(s.kind, s.allocation, r.experience.action.get(s.name, {}))
                 for s in stages}
-        if failing:
-            # a failing pipeline needs capacity where it is short: an episode that removes
-            # some, or adds none to the bottleneck, was good in a calmer state, not this one
-            effect = {s.name: _adds_capacity(s, prop[s.name]) for s in stages}
-            if min(effect.values()) < 0 or not any(effect[n] > 0 for n in named or effect):
-                continue
+        # An episode is replayed only where it moves every stage the way the measured load
+        # says it should (its step size is what the memory contributes): judged by what it
+        # would do here, inside this stage's limits, since an episode that added a replica
+        # to a stage now at its maximum does nothing now, and one that removed capacity in
+        # a calmer state would starve this one.
+        within = {s.name: _within(prop[s.name], s, pipeline, v) for s in stages}
+        effect = {s.name: _adds_capacity(s, within[s.name]) for s in stages}
+        if effect != direction or not any(effect.values()):
+            continue
+        if any(_below(s, within[s.name], sized[s.name]) for s in stages):
+            continue   # less than the measured load needs: the memory's step may be larger
         if all(c.proposal != prop for c in out):
             out.append(Candidate(f"episode {r.experience.id[:8]}", prop,
                                  f"reward {r.experience.reward:+.2f}"))
+    if not (failing and out):
+        # holding a failing pipeline still is never on offer while something would help
+        out.insert(0, Candidate("hold", hold))
     return out
 
 
 def default_choice(cands: Sequence[Candidate]) -> Candidate:
-    """The fixed rule of the retrieval-only selector: the best episode if one was retrieved,
-    else relieve the bottleneck, else trim, else hold. (`build` offers only episodes that
-    add capacity while the pipeline is failing, so "best episode" never holds a failing
-    pipeline still when a relief exists.)"""
-    for prefix in ("episode", "relieve", "trim"):
+    """The fixed rule of the retrieval-only selector: the best retrieved episode that
+    `build` found consistent with the state, else size the stages to the measured load
+    (`fit`), else relieve the bottleneck, else hold."""
+    for prefix in ("episode", "fit", "relieve"):
         for c in cands:
             if c.label.startswith(prefix):
                 return c
     return cands[0]
+
+
+def _within(target: dict[str, Any], s: StageObservation, pipeline: PipelineSpec,
+            v: ValidatorConfig) -> dict[str, Any]:
+    """`target` with its values clamped into the stage's limits."""
+    lim = pipeline.stage(s.name).limits(v)
+    out = dict(target)
+    if "replicas" in out:
+        out["replicas"] = min(max(out["replicas"], lim.replicas_min), lim.replicas_max)
+    if "cpu_millicores" in out:
+        out["cpu_millicores"] = min(max(out["cpu_millicores"], lim.cpu_m_min), lim.cpu_m_max)
+    if "rate_ratio" in out:
+        out["rate_ratio"] = min(max(out["rate_ratio"], lim.rate_min), lim.rate_max)
+    return out
+
+
+def _below(s: StageObservation, target: dict[str, Any], sized: dict[str, Any]) -> bool:
+    """Whether `target` leaves the stage with less of any dimension than `sized` does."""
+    cur = {"replicas": s.replicas, "cpu_millicores": s.cpu_m, "rate_ratio": s.rate}
+    return any(target.get(k, v) < sized.get(k, v) - 1e-9 for k, v in cur.items())
 
 
 def _adds_capacity(s: StageObservation, target: dict[str, Any]) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ from sair_ray.types import PipelineSpec
 
 log = logging.getLogger(__name__)
 
+_LABEL_FIELD = re.compile(r'"action"\s*:\s*"([^"]{1,80})"')
 MAX_TOKENS = 160  # a full 3-stage action + one sentence is ~90 tokens with the grammar
 # Episodes shown to the embedded model (policy.prompt_episodes = 0, "auto"): on 2 CPU cores
 # llama.cpp evaluates ~180 prompt tokens/s and an episode is ~90 tokens, so 4 episodes keep
@@ -268,11 +270,17 @@ class LLMPolicy:
         """The candidate a label reply names (tolerantly: JSON in prose, a bare label)."""
         obj = reply if isinstance(reply, dict) else _first_object(reply)
         answer = obj.get("action") if isinstance(obj, dict) else reply
+        # The grammar makes the first "action" field of the raw text a whole label. Read it
+        # from there first: a reply cut at max_tokens, or whose rationale string holds a
+        # raw newline, is not JSON, and a lenient parse of it may pick up some other
+        # "action" the model wrote into its rationale.
+        m = _LABEL_FIELD.search(raw or "")
+        first = pick(cands, m.group(1)) if m else None
         rationale = obj.get("rationale", "") if isinstance(obj, dict) else ""
         # DSPy hands an absent or null field over as the text "None"
         rationale = rationale if isinstance(rationale, str) and rationale.strip() not in (
             "None", "null") else ""
-        c = pick(cands, answer)
+        c = first or pick(cands, answer)
         if c is None:
             return PolicyReply(proposal=None, raw=raw, prompt_chars=self.last_prompt_chars,
                                error=f"reply names no candidate: {str(answer)[:80]!r}")

@@ -19,12 +19,13 @@ def retrieved(exp: Experience, similarity: float = 0.9) -> Retrieved:
 
 
 def request(p: PipelineSpec | None = None, ctx: Context | None = None,
-            episodes: tuple[Retrieved, ...] = ()) -> PolicyRequest:
+            episodes: tuple[Retrieved, ...] = (),
+            history: tuple[Context, ...] = ()) -> PolicyRequest:
     p = p or factories.pipeline()
     ctx = ctx or factories.context(p)
     return PolicyRequest(now=ctx.time, context=ctx, pipeline=p,
                          free=ClusterResources(32, 65536, 1), bottleneck=analyse(ctx, p),
-                         episodes=episodes)
+                         episodes=episodes, history=history)
 
 
 def overloaded(p: PipelineSpec | None = None, stage: str = "preprocess") -> Context:

@@ -17,10 +17,11 @@ def labels(cands):
     return [c.label for c in cands]
 
 
-def test_hold_is_always_offered_first():
+def test_hold_is_offered_first_unless_the_pipeline_fails_and_something_helps():
     cands = build(request(), V)
     assert cands[0].label == "hold"
     assert all(v == {"action": "none"} for v in cands[0].proposal.values())
+    assert "hold" not in labels(build(request(ctx=overloaded()), V))
 
 
 def test_overload_offers_relief_of_the_bottleneck_stage():
@@ -40,39 +41,91 @@ def test_gpu_bottleneck_raises_rate_before_replicas():
     assert relief.proposal["inference"] == {"action": "adjust_rate", "rate_ratio": 0.7}
 
 
-def test_trim_only_when_well_under_the_sla():
+def test_fit_sizes_an_overloaded_stage_to_its_load_one_step_at_a_time():
+    p = factories.pipeline()
+    # 1 replica busy all the time passing 20 req/s: 20 req/s per replica flat out; 20 req/s
+    # arriving plus 600 queued to drain in a minute = 30 req/s, at 60 % utilisation 2.5
+    # replicas -> 3, which is one validator step (+2) from 1
+    ctx = factories.context(p, p99=3 * p.sla_ms, util={"preprocess": 1.0},
+                            queue={"preprocess": 600.0})
+    fit = next(c for c in build(request(p, ctx), V) if c.label == "fit")
+    assert fit.proposal["preprocess"] == {"action": "scale_replicas", "replicas": 3}
+    assert fit.proposal["postprocess"] == {"action": "none"}
+    big = factories.context(p, p99=3 * p.sla_ms, util={"preprocess": 1.0},
+                            queue={"preprocess": 3000.0})
+    fit = next(c for c in build(request(p, big), V) if c.label == "fit")
+    assert fit.proposal["preprocess"]["replicas"] == 3   # wants 5: cut to +2
+
+
+def test_fit_gives_capacity_back_only_after_the_scale_down_window():
     p = factories.pipeline()
     alloc = {k: StageAllocation(3, a.cpu_m, a.mem_mb, a.rate)
              for k, a in p.initial_allocation().items()}
-    calm = factories.context(p, p99=100, alloc=alloc, util={"postprocess": 0.05})
-    trims = [c for c in build(request(p, calm), V) if c.label.startswith("trim")]
-    assert [c.label for c in trims] == ["trim postprocess"]
-    assert trims[0].proposal["postprocess"] == {"action": "scale_replicas", "replicas": 2}
-    busy = factories.context(p, p99=400, alloc=alloc)
-    assert not any(c.label.startswith("trim") for c in build(request(p, busy), V))
+    calm = factories.context(p, time=1000.0, p99=100, alloc=alloc,
+                             util={"postprocess": 0.1})
+    fit = next(c for c in build(request(p, calm), V) if c.label == "fit")
+    assert fit.proposal["postprocess"] == {"action": "scale_replicas", "replicas": 1}
+    # the same stage carried 4x this load 5 minutes ago: keep its replicas for now
+    busy = factories.context(p, time=700.0, arrival=80.0, alloc=alloc,
+                             util={"postprocess": 0.4}, throughput=80.0)
+    cands = build(request(p, calm, history=(busy,)), V)
+    fit = next((c for c in cands if c.label == "fit"), None)
+    assert fit is None or fit.proposal["postprocess"] == {"action": "none"}
+    # ... but not 11 minutes ago
+    old = factories.context(p, time=340.0, arrival=80.0, alloc=alloc,
+                            util={"postprocess": 0.4}, throughput=80.0)
+    fit = next(c for c in build(request(p, calm, history=(old,)), V) if c.label == "fit")
+    assert fit.proposal["postprocess"]["replicas"] == 1
+
+
+def test_fit_lowers_an_idle_gpu_rate_but_not_below_its_latency_floor():
+    p = factories.pipeline()
+    ctx = factories.context(p, p99=100, util={"inference": 0.1},
+                            stage_p99={"inference": 100.0})
+    fit = next(c for c in build(request(p, ctx), V) if c.label == "fit")
+    assert fit.proposal["inference"] == {"action": "adjust_rate", "rate_ratio": 0.8}
+    # its p99 at full rate already uses 45 % of the SLA: the floor is 0.9 of the rate
+    slow = factories.context(p, p99=900, util={"inference": 0.1},
+                             stage_p99={"inference": 0.45 * p.sla_ms})
+    fit = next(c for c in build(request(p, slow), V) if c.label == "fit")
+    assert fit.proposal["inference"] == {"action": "adjust_rate", "rate_ratio": 0.9}
 
 
 def test_episodes_are_replayed_as_deltas_best_first_and_deduplicated():
     p = factories.pipeline()
     past = factories.context(p)
-    up = experience(past, {"postprocess": {"replicas": 1}}, 0.9, "aaaaaaaa11")
-    same = experience(past, {"postprocess": {"replicas": 1}}, 0.5, "bbbbbbbb22")
-    weak = experience(past, {"preprocess": {"replicas": 2}}, 0.2, "cccccccc33")
-    bad = experience(past, {"preprocess": {"replicas": -1}}, -0.5, "dddddddd44")
+    up = experience(past, {"postprocess": {"replicas": 2}}, 0.9, "aaaaaaaa11")
+    same = experience(past, {"postprocess": {"replicas": 2}}, 0.5, "bbbbbbbb22")
+    more = experience(past, {"postprocess": {"replicas": 3}}, 0.2, "cccccccc33")
+    small = experience(past, {"postprocess": {"replicas": 1}}, 0.8, "eeeeeeee55")
+    bad = experience(past, {"postprocess": {"replicas": 2}}, -0.5, "dddddddd44")
     alloc = p.initial_allocation() | {"postprocess": StageAllocation(4, 500, 512, 1.0)}
-    now = factories.context(p, alloc=alloc)
-    cands = build(request(p, now, (retrieved(weak), retrieved(same), retrieved(up),
-                                   retrieved(bad))), V)
+    now = factories.context(p, alloc=alloc, util={"postprocess": 0.9})
+    cands = build(request(p, now, tuple(retrieved(e) for e in (more, same, up, small, bad))),
+                  V)
     eps = [c for c in cands if c.label.startswith("episode")]
-    assert [c.label[:16] for c in eps] == ["episode aaaaaaaa", "episode cccccccc"]
-    assert eps[0].proposal["postprocess"] == {"action": "scale_replicas", "replicas": 5}
+    # the measured load wants 6 postprocess replicas (fit: +2, one step): +1 is too little
+    # to replay, +2 is the fit candidate itself, +3 is offered
+    fit = next(c for c in cands if c.label == "fit")
+    assert fit.proposal["postprocess"] == {"action": "scale_replicas", "replicas": 6}
+    assert [c.label[:16] for c in eps] == ["episode cccccccc"]
+    assert eps[0].proposal["postprocess"] == {"action": "scale_replicas", "replicas": 7}
 
 
-def test_retrieval_only_prefers_an_episode_then_relief_then_hold():
+def test_episodes_must_move_every_stage_the_way_the_load_does():
+    p = factories.pipeline()
+    past = factories.context(p)
+    idle_up = experience(past, {"postprocess": {"replicas": 1}}, 0.9, "idleup0011")
+    calm = factories.context(p)   # every stage at 50 %: the sizing holds them all
+    cands = build(request(p, calm, (retrieved(idle_up),)), V)
+    assert labels(cands) == ["hold"]
+
+
+def test_retrieval_only_prefers_an_episode_then_fit_then_hold():
     pol = make_policy("sair-retrieval", SAIRConfig(), pipeline=factories.pipeline())
     ctx = overloaded()
-    assert pol.decide(request(ctx=ctx)).rationale == "retrieval-only: relieve preprocess"
-    ep = experience(ctx, {"preprocess": {"replicas": 1}}, 0.7, "ffffffff00")
+    assert pol.decide(request(ctx=ctx)).rationale == "retrieval-only: fit"
+    ep = experience(ctx, {"preprocess": {"replicas": 3}}, 0.7, "ffffffff00")
     reply = pol.decide(request(ctx=ctx, episodes=(retrieved(ep),)))
     assert reply.rationale.startswith("retrieval-only: episode ffffffff")
     assert default_choice(build(request(), V)).label == "hold"
@@ -94,7 +147,7 @@ def test_a_failing_pipeline_is_only_offered_episodes_that_relieve_its_bottleneck
     trim = experience(past, {"preprocess": {"replicas": -1}}, 0.9, "trim0000aa")
     hold = experience(past, {}, 0.8, "hold0000bb")
     elsewhere = experience(past, {"postprocess": {"replicas": 1}}, 0.7, "else0000cc")
-    helps = experience(past, {"preprocess": {"replicas": 1}}, 0.3, "help0000dd")
+    helps = experience(past, {"preprocess": {"replicas": 3}}, 0.3, "help0000dd")
     ctx = overloaded(p)
     alloc = ctx.allocation
     ctx_more = factories.context(p, p99=4 * p.sla_ms, alloc={**alloc, "preprocess":

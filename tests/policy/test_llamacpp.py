@@ -54,7 +54,8 @@ def test_controller_rounds_with_the_real_model_on_the_simulator():
                          cfg, memory=mem)
         decisions = run_virtual(ctl, backend, until=4 * cfg.loop.decision_interval_s)
     assert [d.source for d in decisions] == ["policy:sair"] * 4
-    assert ctl.counters.policy_failures == 0
+    assert ctl.counters.policy_failures == 0, [(d.error, d.raw_reply[:300])
+                                               for d in decisions if d.error]
     for d in decisions:
         assert d.prompt_chars > 1000 and d.raw_reply and d.timings_ms["decide"] > 0
         # a candidate was chosen (sampling at temperature 1 may well choose "hold")

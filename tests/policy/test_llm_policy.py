@@ -37,7 +37,7 @@ def test_good_reply_is_parsed_and_the_prompt_is_well_formed():
                    "inference": {"action": "none"}, "postprocess": {"action": "none"}}
         srv.behaviour = lambda req: (200, completion(reply("relieve preprocess")), 0.0)
         ctx = overloaded()
-        ep = experience(ctx, {"preprocess": {"replicas": 1}}, 0.8, "abcdef0123")
+        ep = experience(ctx, {"preprocess": {"replicas": 3}}, 0.8, "abcdef0123")
         out = pol.decide(request(ctx=ctx, episodes=(retrieved(ep),)))
     assert out.error == ""
     assert out.proposal == relieve
@@ -51,7 +51,8 @@ def test_good_reply_is_parsed_and_the_prompt_is_well_formed():
         < user.index("Bottleneck: preprocess") < user.index("Candidate actions")
     schema = body["response_format"]["json_schema"]["schema"]
     labels = schema["properties"]["action"]["enum"]
-    assert labels[:2] == ["hold", "relieve preprocess"]
+    # a failing pipeline is not offered "hold" while something would help
+    assert labels[:2] == ["relieve preprocess", "fit"] and "hold" not in labels
     assert "episode abcdef01" in labels and "- episode abcdef01: " in user and "(reward +0.80)" \
         in user
 
@@ -153,10 +154,9 @@ def test_fallback_decides_the_rounds_the_llm_fails_and_steps_back_when_it_answer
         assert down.error.startswith("LLM call failed")        # still counted as a failure
         assert down.rationale.startswith("fallback threshold (LLM failed)")
         assert down.proposal and down.proposal["preprocess"]["replicas"] > 1
-        hold = {s: {"action": "none"} for s in ("preprocess", "inference", "postprocess")}
-        srv.behaviour = lambda req: (200, completion(reply("hold", "wait")), 0.0)
+        srv.behaviour = lambda req: (200, completion(reply("relieve preprocess", "more")), 0.0)
         back = pol.decide(request(ctx=overloaded()))
-        assert back.error == "" and back.proposal == hold
+        assert back.error == "" and back.rationale.startswith("[relieve preprocess]")
 
 
 def test_names_that_could_carry_instructions_are_refused():
@@ -180,3 +180,22 @@ def test_prompt_shows_the_highest_gain_episodes_in_curriculum_order():
     assert len(policy("http://unused/v1").prompt_episodes(eps)) == 6  # vllm: all K
     two = LLMPolicy(SAIRConfig().replace(**{"policy.prompt_episodes": 2}), factories.pipeline())
     assert [e.experience.id for e in two.prompt_episodes(eps)] == ["e0", "e2"]
+
+
+def test_a_reply_cut_inside_its_rationale_still_names_its_candidate():
+    with serving() as srv:
+        pol = policy(srv.url)
+        cut = '{ "action": "relieve preprocess", "rationale": "more more more more'
+        srv.behaviour = lambda req: (200, completion(cut), 0.0)
+        out = pol.decide(request(ctx=overloaded()))
+    assert out.error == "" and out.rationale.startswith("[relieve preprocess]")
+
+
+def test_the_first_action_field_wins_over_one_inside_a_broken_rationale():
+    with serving() as srv:
+        pol = policy(srv.url)
+        # a raw newline inside a string: not JSON; the rationale mentions another "action"
+        bad = '{"action":"relieve preprocess", "rationale":"{x:1} action:\'preprocess\' }\n{" }'
+        srv.behaviour = lambda req: (200, completion(bad), 0.0)
+        out = pol.decide(request(ctx=overloaded()))
+    assert out.error == "" and out.rationale.startswith("[relieve preprocess]")

@@ -28,13 +28,15 @@ from sair_ray.memory import ExperienceMemory
 from sair_ray.pareto import BucketedFrontiers
 from sair_ray.policy.base import Policy, PolicyReply, PolicyRequest
 from sair_ray.retrieval import Retriever
-from sair_ray.reward import Outcome, RewardModel, capacity_added
+from sair_ray.reward import Outcome, RewardBreakdown, RewardModel, capacity_added
 from sair_ray.types import Action, Context, Decision, Experience
 from sair_ray.validator import Cooldowns, Validator
 
 log = logging.getLogger(__name__)
 
-HISTORY = 10  # earlier contexts handed to policies that keep no state of their own
+# earlier contexts handed to policies that keep no state of their own: 20 minutes at the
+# default 30 s interval, twice the sizing's scale-down window (policy/sizing.py)
+HISTORY = 40
 
 
 @dataclass
@@ -95,6 +97,8 @@ class Controller:
         self.last_action_at: float | None = None
         self.history: list[Context] = []
         self._pending: _Pending | None = None
+        # The latest reward with its SPEC 3 terms, for status displays and metrics.
+        self.last_reward: RewardBreakdown | None = None
         self._perf = perf_clock
 
     # -- one round ----------------------------------------------------------------------
@@ -138,7 +142,7 @@ class Controller:
             decision.source = "probe"
             decision.proposal = probe(
                 self.pipeline, ctx.allocation, self.cfg.validator, self.rng,
-                only_up=self.cfg.exploration.safe and ctx.p99_ms > ctx.sla_ms)
+                safe=self.cfg.exploration.safe)
             decision.rationale = "forced exploration probe"
         else:
             reply = self._ask_policy(PolicyRequest(
@@ -192,6 +196,7 @@ class Controller:
             v_prev=p.context.violation,
             up_sum=capacity_added(p.action, self.cfg.validator),
             n_stages=len(self.pipeline.stages))
+        self.last_reward = rb
         self.counters.reward_sum += rb.total
         self.counters.rewarded += 1
         stored = False

@@ -17,6 +17,8 @@ from sair_ray.pareto import BucketedFrontiers, ParetoFrontier
 from sair_ray.types import Action
 
 EPS = 1e-9
+# The terms of R in SPEC 3 order, as named in RewardBreakdown (P_sla is subtracted).
+TERMS = ("r_lat", "r_cost", "p_sla", "r_pareto", "b_pro")
 
 
 @dataclass(frozen=True)

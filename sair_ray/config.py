@@ -277,6 +277,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "similarity_only": {"retrieval.selector": "similarity"},
     "random_retrieval": {"retrieval.selector": "random"},
     "global_frontier": {"reward.global_frontier": True},
+    # not a SPEC ablation: the production guard on exploration, measured against SPEC 5
+    "safe_exploration": {"exploration.safe": True},
 }
 
 

@@ -109,6 +109,77 @@ def settings_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SAIR_PREFIX = "sair"
+DEPLOYED_EXCLUDED = ("oracle",)   # clairvoyant: a bound, not something one can deploy
+ATTAIN = 0.99                     # steady SLA attainment a method must reach to count
+WITHIN = 1.05                     # "within 5 %" of issue 4's target
+
+
+def versus(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell and SAIR method: how it compares with the deployable baselines of the same
+    rows, on means over seeds of steady p99, steady attainment and effective $/1k.
+
+    `best_p99` is the lowest p99 of any deployed baseline; `cheapest` the lowest cost among
+    those reaching ATTAIN (else among all); `target_met` is issue 4's "within 5 % of both,
+    at >= ATTAIN"; `dominated_by` lists the baselines reaching ATTAIN that are no worse on
+    both p99 and cost (empty = SAIR is on the Pareto front of what meets the SLA)."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in summarise(rows):
+        cells.setdefault((s["app"], s["pattern"]), []).append(s)
+    out = []
+    for (app, pattern), ms in cells.items():
+        deployed = [m for m in ms if not m["method"].startswith(SAIR_PREFIX)
+                    and m["method"] not in DEPLOYED_EXCLUDED]
+        if not deployed:
+            continue
+        ok = [m for m in deployed if m["sla_attainment_steady"] >= ATTAIN]
+        best = min(deployed, key=lambda m: m["p99_steady_ms"])
+        cheap = min(ok or deployed, key=lambda m: m["usd_per_1k_effective"])
+        for m in ms:
+            if not m["method"].startswith(SAIR_PREFIX):
+                continue
+            p99, att, usd = (m["p99_steady_ms"], m["sla_attainment_steady"],
+                             m["usd_per_1k_effective"])
+            out.append({
+                "app": app, "pattern": pattern, "method": m["method"], "p99": p99,
+                "attainment": att, "usd": usd, "best_p99": best["p99_steady_ms"],
+                "best_p99_method": best["method"], "cheapest": cheap["usd_per_1k_effective"],
+                "cheapest_method": cheap["method"],
+                "target_met": (att >= ATTAIN and p99 <= WITHIN * best["p99_steady_ms"]
+                               and usd <= WITHIN * cheap["usd_per_1k_effective"]),
+                "dominated_by": [d["method"] for d in ok if d["p99_steady_ms"] <= p99
+                                 and d["usd_per_1k_effective"] <= usd]})
+    return out
+
+
+def versus_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    vs = versus(rows)
+    if not vs:
+        return ""
+    lines = ["| app | pattern | SAIR method | steady p99 ms | steady att. | $/1k eff. "
+             "| best deployed p99 ms | cheapest deployed $/1k at >= 99 % | within 5 % of both "
+             "at >= 99 % | dominated by (>= 99 %) |",
+             "|---|---|---|---:|---:|---:|---|---|---|---|"]
+    for v in vs:
+        lines.append(
+            f"| {v['app']} | {v['pattern']} | {v['method']} | {v['p99']:.0f} "
+            f"| {v['attainment']:.3f} | {v['usd']:.4f} "
+            f"| {v['best_p99']:.0f} ({v['best_p99_method']}) "
+            f"| {v['cheapest']:.4f} ({v['cheapest_method']}) "
+            f"| {'yes' if v['target_met'] else 'no'} "
+            f"| {', '.join(v['dominated_by']) or '-'} |")
+    by: dict[str, list[dict[str, Any]]] = {}
+    for v in vs:
+        by.setdefault(v["method"], []).append(v)
+    for method, xs in by.items():
+        front = sum(1 for x in xs if x["attainment"] >= ATTAIN and not x["dominated_by"])
+        met = sum(x["target_met"] for x in xs)
+        lines.append(f"\n{method}: within 5 % of both in {met} of {len(xs)} cells; at >= 99 % "
+                     f"attainment and dominated by no baseline that meets it in {front} of "
+                     f"{len(xs)}.")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path,
                   command: str = "") -> dict[str, Path]:
     """Write results.parquet and results.md under `out_dir` (created); their paths.
@@ -128,5 +199,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path,
         "column); steady: after the warm-up, drops and errors counted as misses. $ per "
         "1 000 completed requests. replicas: sum over stages of the mean replicas per "
         "stage. decide: the policy's decision time per round that asked it.\n\n"
-        + settings + to_markdown(rows))
+        + settings + to_markdown(rows)
+        + ("\n## SAIR against the deployable baselines\n\n" + versus_markdown(rows)
+           if versus(rows) else ""))
     return paths

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 _LABEL_FIELD = re.compile(r'"action"\s*:\s*"([^"]{1,80})"')
 MAX_TOKENS = 160  # a full 3-stage action + one sentence is ~90 tokens with the grammar
+# A label reply is {"action": <label, <= 10 tokens>, "rationale": <= 60 chars}: ~35 tokens.
+# The label comes first and is read from the raw text even when the rest is cut, so the cap
+# only bounds how long a small model may ramble in its rationale (at temperature 1 it often
+# fills 160 tokens with whitespace the JSON grammar allows, ~2 s on one core).
+LABEL_MAX_TOKENS = 48
 # Episodes shown to the embedded model (policy.prompt_episodes = 0, "auto"): on 2 CPU cores
 # llama.cpp evaluates ~180 prompt tokens/s and an episode is ~90 tokens, so 4 episodes keep
 # a decision near 3 s; K = 15 would take ~10 s (docs/benchmarks.md).
@@ -225,7 +230,8 @@ class LLMPolicy:
         self._adapter.last_raw = ""
         with dspy.context(lm=self._lm, adapter=self._adapter, disable_history=True):
             try:
-                pred = self._program(**inputs)
+                pred = (self._program(**inputs, config={"max_tokens": LABEL_MAX_TOKENS})
+                        if self.candidates_only else self._program(**inputs))
             except AdapterParseError as e:
                 return None, str(e.lm_response or self._adapter.last_raw or "")
         return pred, self._adapter.last_raw

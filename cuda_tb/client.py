@@ -129,7 +129,8 @@ class ShimClient:
         self.command("PING")
 
     def set_rate(self, rate: float) -> None:
-        """Set the GPU rate ratio r; it applies from the next 10 ms window."""
+        """Set the GPU rate ratio r; it is in force when this returns (the shim starts
+        a new 10 ms window at the new rate before it replies)."""
         rate = float(rate)
         if not math.isfinite(rate) or not MIN_RATE <= rate <= MAX_RATE:
             raise ValueError(f"rate must be in [{MIN_RATE}, {MAX_RATE}], got {rate}")

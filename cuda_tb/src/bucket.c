@@ -3,7 +3,6 @@
  * CUDA graph sizes used to charge graph launches.
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +14,12 @@
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_turn = PTHREAD_COND_INITIALIZER;
+/* The head of the queue sleeps on g_tick until the next window boundary; a
+ * rate change broadcasts it so the head re-evaluates at once. */
+static pthread_cond_t g_tick = PTHREAD_COND_INITIALIZER;
+static clockid_t g_tick_clock = CLOCK_REALTIME; /* the clock g_tick's deadlines use */
 static double g_tokens;        /* may go negative: debt from an oversize launch */
-static uint64_t g_window;      /* index of the window of the last refill */
+static uint64_t g_win_start;   /* CLOCK_MONOTONIC start of the window of the last refill */
 static uint64_t g_next_ticket; /* FIFO order among throttled launchers */
 static uint64_t g_serving;
 static int g_bucket_primed;
@@ -24,59 +27,99 @@ static int g_bucket_primed;
 /* Serialises the switch out of TB_MODE_UNINIT against SET rate. */
 static pthread_mutex_t g_mode_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* Runs single-threaded (constructor, fork child), so re-initialising the
+ * condition variable cannot race a waiter. */
 void tb_bucket_init(void)
 {
     g_tokens = 0;
-    g_window = 0;
+    g_win_start = 0;
     g_next_ticket = g_serving = 0;
     g_bucket_primed = 0;
-}
-
-static uint64_t window_of(uint64_t now_ns)
-{
-    return (now_ns - g_tb.start_ns) / TB_WINDOW_NS;
+    /* Monotonic deadlines do not jump when the wall clock is set. */
+    pthread_condattr_t attr;
+    int have_attr = pthread_condattr_init(&attr) == 0;
+    if (have_attr && pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
+        pthread_cond_init(&g_tick, &attr) == 0) {
+        g_tick_clock = CLOCK_MONOTONIC;
+    } else {
+        pthread_cond_init(&g_tick, NULL);
+        g_tick_clock = CLOCK_REALTIME;
+    }
+    if (have_attr)
+        pthread_condattr_destroy(&attr);
 }
 
 /* Refill for every window boundary crossed since the last one:
  * tokens = min(capacity, tokens + r * B_W) per window, which for k windows
- * is min(capacity, tokens + k * r * B_W) because the step is monotone. */
+ * is min(capacity, tokens + k * r * B_W) because the step is monotone.
+ * Boundaries lie every W after g_win_start; a rate change moves g_win_start
+ * (tb_apply_rate). `now_ns` may predate g_win_start when it was read before
+ * the lock and a rate change came in between. */
 static void refill_locked(uint64_t now_ns, double rate, double capacity)
 {
-    uint64_t w = window_of(now_ns);
     if (!g_bucket_primed) {
         g_tokens = capacity; /* a fresh bucket starts full */
-        g_window = w;
+        /* Windows are counted from the shim's load time until a rate change. */
+        uint64_t since = now_ns > g_tb.start_ns ? now_ns - g_tb.start_ns : 0;
+        g_win_start = g_tb.start_ns + since / TB_WINDOW_NS * TB_WINDOW_NS;
         g_bucket_primed = 1;
         return;
     }
-    if (w <= g_window)
+    if (now_ns < g_win_start + TB_WINDOW_NS)
         return;
-    double add = (double)(w - g_window) * rate * capacity;
+    uint64_t k = (now_ns - g_win_start) / TB_WINDOW_NS;
+    double add = (double)k * rate * capacity;
     g_tokens = g_tokens + add > capacity ? capacity : g_tokens + add;
-    g_window = w;
+    g_win_start += k * TB_WINDOW_NS;
 }
 
-static void sleep_until_ns(uint64_t deadline)
+/* Waits on g_tick (releasing g_mu) until the monotonic `deadline`, a
+ * broadcast, or a spurious wake-up; the caller re-checks the bucket in every
+ * case. */
+static void wait_tick_locked(uint64_t deadline)
 {
+    if (g_tick_clock != CLOCK_MONOTONIC) {
+        /* Only if the monotonic clock could not be set on g_tick: translate
+         * the deadline to the realtime clock the condition variable uses. */
+        uint64_t mono = tb_now_ns();
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        uint64_t rt_ns = (uint64_t)rt.tv_sec * 1000000000ULL + (uint64_t)rt.tv_nsec;
+        deadline = rt_ns + (deadline > mono ? deadline - mono : 0);
+    }
     struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ULL),
                           .tv_nsec = (long)(deadline % 1000000000ULL)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
+    pthread_cond_timedwait(&g_tick, &g_mu, &ts);
+}
+
+/* Condition waits are cancellation points that re-take g_mu before a
+ * cancelled thread unwinds: a launcher cancelled there would leave the lock
+ * held and its ticket unserved, stalling every launcher and the control
+ * thread. Cancellation is held off while a launcher waits (only then, so the
+ * path that never waits pays nothing); a request made meanwhile takes effect
+ * at the thread's next cancellation point after admission. */
+static void hold_off_cancel(int *saved)
+{
+    if (*saved < 0)
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, saved);
 }
 
 /* Takes `cost` tokens, sleeping until window refills cover them. Launchers are
  * served in arrival order (a ticket queue) so a large launch waiting for a
  * full bucket cannot be overtaken forever by small ones. The head of the
- * queue sleeps one window at a time without the lock, so a rate change or a
- * new capacity is seen at the next window boundary. */
+ * queue sleeps one window at a time on g_tick (which releases the lock), so a
+ * new capacity is seen at the next window boundary and a rate change, which
+ * broadcasts g_tick, at once. */
 static void bucket_acquire(uint64_t cost)
 {
     uint64_t t0 = tb_now_ns();
     int waited = 0;
+    int cancel_state = -1; /* -1: cancellation state untouched */
     pthread_mutex_lock(&g_mu);
     uint64_t ticket = g_next_ticket++;
     while (ticket != g_serving) {
         waited = 1;
+        hold_off_cancel(&cancel_state);
         pthread_cond_wait(&g_turn, &g_mu);
     }
     for (;;) {
@@ -92,15 +135,17 @@ static void bucket_acquire(uint64_t cost)
             g_tokens -= need;
             break;
         }
-        uint64_t next = g_tb.start_ns + (window_of(now) + 1) * TB_WINDOW_NS;
-        pthread_mutex_unlock(&g_mu);
-        sleep_until_ns(next);
+        hold_off_cancel(&cancel_state);
+        wait_tick_locked(g_win_start + TB_WINDOW_NS);
         waited = 1;
-        pthread_mutex_lock(&g_mu);
     }
     g_serving++;
     pthread_cond_broadcast(&g_turn);
     pthread_mutex_unlock(&g_mu);
+    if (cancel_state >= 0) {
+        int ignored;
+        pthread_setcancelstate(cancel_state, &ignored);
+    }
     if (waited) {
         atomic_fetch_add_explicit(&g_tb.throttled_launches, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&g_tb.wait_ns, tb_now_ns() - t0, memory_order_relaxed);
@@ -116,9 +161,10 @@ double tb_bucket_tokens_now(void)
     if (!g_bucket_primed) {
         tokens = capacity;
     } else {
-        uint64_t w = window_of(tb_now_ns());
-        if (w > g_window) {
-            double add = (double)(w - g_window) * tb_rate() * capacity;
+        uint64_t now = tb_now_ns();
+        if (now >= g_win_start + TB_WINDOW_NS) {
+            uint64_t k = (now - g_win_start) / TB_WINDOW_NS;
+            double add = (double)k * tb_rate() * capacity;
             tokens = tokens + add > capacity ? capacity : tokens + add;
         }
     }
@@ -171,11 +217,48 @@ void tb_first_launch_init(void)
 }
 
 /* Called by the control thread. Takes g_mode_mu so a concurrent first launch
- * cannot pick its mode from the old rate after the new one was stored. */
+ * cannot pick its mode from the old rate after the new one was stored.
+ *
+ * SPEC 8 applies a new rate at the next window; here the next window opens
+ * now, so the change is in force before the socket reply goes out rather than
+ * up to W later. Under g_mu: the windows that ended before the change are
+ * settled at the old rate, a window starts at `now` with the refill
+ * min(capacity, tokens + r * B_W) at the new rate, and the head launcher,
+ * asleep until the old boundary, is woken to re-check. Launchers read the
+ * rate under g_mu too, so none mixes the old rate with the new window. Each
+ * change advances the window schedule by less than W: at most one extra
+ * refill per change, and none for a SET of the rate already in force.
+ *
+ * At r = 1 launches bypass the bucket, so its tokens say nothing about what
+ * the workload used; they are taken as spent (the new window holds r * B_W,
+ * not a full bucket), otherwise a decrease from 1 would let a saturating
+ * workload run a whole window at full speed first. Before the first launch
+ * (TB_MODE_UNINIT) there is no bucket to touch: the first launch primes it. */
 void tb_apply_rate(double r)
 {
     pthread_mutex_lock(&g_mode_mu);
+    double old = tb_rate();
+    int mode = atomic_load_explicit(&g_tb.mode, memory_order_acquire);
+    pthread_mutex_lock(&g_mu);
+    if (r != old && mode != TB_MODE_UNINIT) {
+        uint64_t now = tb_now_ns();
+        double capacity =
+            (double)atomic_load_explicit(&g_tb.blocks_per_window, memory_order_relaxed);
+        if (mode == TB_MODE_FAST) {
+            g_tokens = 0;
+            g_bucket_primed = 1;
+        } else if (g_bucket_primed) {
+            refill_locked(now, old, capacity);
+        }
+        if (g_bucket_primed) {
+            double add = r * capacity;
+            g_tokens = g_tokens + add > capacity ? capacity : g_tokens + add;
+            g_win_start = now;
+            pthread_cond_broadcast(&g_tick);
+        }
+    }
     tb_set_rate(r);
+    pthread_mutex_unlock(&g_mu);
     pthread_mutex_unlock(&g_mode_mu);
 }
 
@@ -410,6 +493,7 @@ void tb_bucket_atfork_child(void)
     pthread_mutex_init(&g_graph_mu, NULL);
     pthread_mutex_init(&g_mode_mu, NULL);
     pthread_cond_init(&g_turn, NULL);
-    /* Launchers queued in the parent do not exist here. */
+    /* Launchers queued in the parent do not exist here. tb_bucket_init also
+     * re-initialises g_tick. */
     tb_bucket_init();
 }

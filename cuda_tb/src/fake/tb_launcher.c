@@ -42,6 +42,7 @@ typedef CUresult (*add_child_t)(CUgraphNode *, CUgraph, const CUgraphNode *, siz
 typedef CUresult (*inst_flags_t)(CUgraphExec *, CUgraph, unsigned long long);
 typedef CUresult (*inst_v2_t)(CUgraphExec *, CUgraph, CUgraphNode *, char *, size_t);
 typedef void (*counters_t)(uint64_t *, uint64_t *);
+typedef uint64_t (*entry_ns_t)(void);
 
 enum api { API_KERNEL, API_EX, API_COOP, API_GRAPH };
 enum resolve { RES_GPA2, RES_GPA1, RES_DLSYM, RES_DEFAULT };
@@ -64,6 +65,7 @@ static gpa1_t g_gpa1;
 static void *g_launch_fn;
 static CUgraphExec g_exec;
 static CUresult g_first_error;
+static entry_ns_t g_entry_ns; /* the fake's fakecuda_last_entry_ns, if present */
 static pthread_mutex_t g_err_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static uint64_t now_ns(void)
@@ -121,6 +123,7 @@ static int resolve_all(void)
             fprintf(stderr, "tb_launcher: no cuGetProcAddress in %s\n", opt.lib);
             return 0;
         }
+        g_entry_ns = (entry_ns_t)dlsym(g_handle, "fakecuda_last_entry_ns");
     }
     init_t init = (init_t)get("cuInit", "cuInit");
     if (init) {
@@ -202,6 +205,11 @@ static CUresult launch_once(CUstream s)
     return 1;
 }
 
+/* Timeline row: return time, cumulative blocks, call time, and when the call
+ * reached the fake driver (0 if unknown); the shim held the launch from the
+ * call until it reached the driver. */
+#define TIMELINE_COLS 4
+
 struct worker {
     pthread_t tid;
     int index;
@@ -228,6 +236,7 @@ static void *worker_main(void *arg)
     for (;;) {
         if (opt.launches > 0 && (long)w->launches >= opt.launches)
             break;
+        uint64_t t_call = w->timeline ? now_ns() : 0;
         CUresult r = launch_once(s);
         uint64_t t = now_ns();
         if (r)
@@ -237,9 +246,11 @@ static void *worker_main(void *arg)
             w->launches_measured++;
             w->blocks_measured += per;
         }
-        if (w->timeline && w->timeline_len + 2 <= w->timeline_cap) {
+        if (w->timeline && w->timeline_len + TIMELINE_COLS <= w->timeline_cap) {
             w->timeline[w->timeline_len++] = t;
             w->timeline[w->timeline_len++] = w->launches * per;
+            w->timeline[w->timeline_len++] = t_call;
+            w->timeline[w->timeline_len++] = g_entry_ns ? g_entry_ns() : 0;
         }
         if (opt.launches <= 0 && t >= stop)
             break;
@@ -380,9 +391,11 @@ static void run_workers(void)
     if (opt.timeline && ws[0].timeline) {
         FILE *f = fopen(opt.timeline, "w");
         if (f) {
-            for (size_t i = 0; i + 1 < ws[0].timeline_len; i += 2)
-                fprintf(f, "%llu %llu\n", (unsigned long long)ws[0].timeline[i],
-                        (unsigned long long)ws[0].timeline[i + 1]);
+            const uint64_t *row = ws[0].timeline;
+            for (size_t i = 0; i + TIMELINE_COLS <= ws[0].timeline_len; i += TIMELINE_COLS)
+                fprintf(f, "%llu %llu %llu %llu\n", (unsigned long long)row[i],
+                        (unsigned long long)row[i + 1], (unsigned long long)row[i + 2],
+                        (unsigned long long)row[i + 3]);
             fclose(f);
         }
     }

@@ -40,7 +40,8 @@ bench-core: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
 # The live demo: local Ray, image_classification with SAIR attached, 3 min of burst load
-# with a live table, then runs/demo/report.md (+ plots); everything is shut down at the end.
+# with a live table, then runs/demo/report.html (`sair report`'s page) and report.md;
+# everything is shut down at the end.
 # Options: `.venv/bin/sair demo --help` (e.g. make demo DEMO_ARGS="--policy threshold").
 demo: $(STAMP)
 	$(VENV)/bin/sair demo $(DEMO_ARGS)

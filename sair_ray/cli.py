@@ -158,11 +158,18 @@ def bench(
                                    min=1)] = 200,
     eval_seed: Annotated[int, typer.Option(help="Seed of --bottleneck-eval scenarios.",
                                            min=0)] = 0,
+    log_dir: Annotated[Path | None, typer.Option(
+        "--log-dir", help="Write every run's controller decision log (each round's context, "
+                          "retrieved episodes, reply, validated action and clamps, and its "
+                          "reward a round later; baselines too, they run through the same "
+                          "controller) to DIR/<app>/<pattern>/<method>[+<ablation>]/"
+                          "seed<N>/decisions.jsonl, for sair decisions, sair report and "
+                          "sair top. Not with --sweep or --bottleneck-eval.")] = None,
 ) -> None:
     """Run methods x apps x patterns x seeds on the simulator; write results.parquet,
     results.md (means over seeds) and figures to --out. Ctrl-C stops and keeps finished
     runs. --sweep tunes the baselines, --ablation runs SAIR variants, --bottleneck-eval
-    scores the bottleneck analyser."""
+    scores the bottleneck analyser, --log-dir keeps each run's decision log."""
     import shlex
 
     from rich.progress import (
@@ -184,6 +191,10 @@ def bench(
                                    ("--bottleneck-eval", bottleneck_eval)) if on]
     if len(modes) > 1:
         err.print(f"[red]error:[/red] {' and '.join(modes)} cannot be combined")
+        raise typer.Exit(2)
+    if log_dir is not None and (sweep or bottleneck_eval):
+        # sweep candidates differ only in settings, so their logs would share a directory
+        err.print(f"[red]error:[/red] --log-dir cannot be combined with {modes[0]}")
         raise typer.Exit(2)
     if bottleneck_eval:
         from sair_ray.bench import bottleneck_eval as be
@@ -219,7 +230,7 @@ def bench(
         def advance(sc: object, row: object) -> None:
             progress.advance(task)
 
-        res = run_grid(grid, workers=workers, on_result=advance)
+        res = run_grid(grid, workers=workers, on_result=advance, log_dir=log_dir)
     if not res.rows:
         err.print("[red]error:[/red] no run finished; nothing written")
         for sc, e in res.failed[:3]:
@@ -248,6 +259,9 @@ def bench(
             out.print("figures -> " + ", ".join(str(p) for p in pngs))
         else:
             err.print("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
+    if log_dir is not None:
+        out.print(f"decision logs -> {log_dir}/<app>/<pattern>/<method>/seed<N>/"
+                  "decisions.jsonl")
     for sc, e in res.failed:
         err.print(f"[red]failed:[/red] {sc}: {e}")
     if res.interrupted:

@@ -8,7 +8,8 @@ both. Ray prefixes application metrics with `ray_`: `sair_decisions` is scraped 
 `MetricsExporter.record(decision, controller)` is called once per live round (from
 `sair_ray.live.loop`). The controller's counters are cumulative and survive in no metric
 backend, so the exporter keeps the last snapshot and adds the differences to Ray's
-counters; the last reward is the change in the controller's running reward sum.
+counters. The reward gauges (total and each SPEC 3 term) are the controller's
+`last_reward`, set in the round that rewarded the previous action.
 
 Outside a Ray worker or driver the `ray.util.metrics` objects accept and drop records, so
 the exporter is safe to run anywhere; `factory` lets a test record what would be exported.
@@ -21,6 +22,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from sair_ray.reward import TERMS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,15 @@ class MetricDef:
     boundaries: tuple[float, ...] | None = None
 
 
+_TERM_MEANING = {
+    "r_lat": "latency improvement R_lat, in [-1, 1]",
+    "r_cost": "cost saving R_cost, in [-1, 1]",
+    "p_sla": "SLA penalty P_sla (subtracted from R)",
+    "r_pareto": "Pareto term R_pareto (> 0: not dominated by its load bucket's frontier)",
+    "b_pro": "proactive scale-up bonus B_pro",
+}
+assert set(_TERM_MEANING) == set(TERMS)
+
 # Every metric SAIR exports; docs/operations.md and the Grafana dashboard list these names.
 METRICS: tuple[MetricDef, ...] = (
     MetricDef("counter", "sair_decisions", "Decision rounds, by source (probe or policy).",
@@ -81,6 +93,8 @@ METRICS: tuple[MetricDef, ...] = (
               boundaries=LATENCY_BUCKETS_MS),
     MetricDef("gauge", "sair_reward", "Reward of the last rewarded action (SPEC 3)."),
     MetricDef("gauge", "sair_reward_mean", "Mean reward since the controller started."),
+    *(MetricDef("gauge", f"sair_reward_{t}", f"The last reward's {_TERM_MEANING[t]} "
+                "(SPEC 3).") for t in TERMS),
     MetricDef("gauge", "sair_memory_experiences", "Experiences in memory."),
     MetricDef("gauge", "sair_epsilon", "Exploration probability."),
     MetricDef("gauge", "sair_p99_ms", "End-to-end p99 latency SAIR observed this round (ms)."),
@@ -121,7 +135,6 @@ class MetricsExporter:
         self.m: dict[str, Any] = {d.name: factory(d.kind, d.name, d.description, d.tags,
                                                   d.boundaries) for d in METRICS}
         self._last: dict[str, float] | None = None  # counters at the previous record
-        self._reward_sum = 0.0
         self._rewarded = 0
 
     def _tags(self, **extra: str) -> dict[str, str]:
@@ -158,11 +171,12 @@ class MetricsExporter:
             self.m["sair_round_ms"].observe(float(sum(d.timings_ms.values())),
                                             tags=self._tags())
         if c.rewarded > self._rewarded:  # this round rewarded the previous action
-            if self._rewarded or c.rewarded == 1:
-                self._set("sair_reward", (c.reward_sum - self._reward_sum)
-                          / (c.rewarded - self._rewarded))
+            rb = controller.last_reward
+            self._set("sair_reward", rb.total)
+            for t in TERMS:
+                self._set(f"sair_reward_{t}", getattr(rb, t))
             self._set("sair_reward_mean", c.mean_reward)
-        self._reward_sum, self._rewarded = c.reward_sum, c.rewarded
+        self._rewarded = c.rewarded
         mem = getattr(controller, "memory", None)
         if mem is not None:
             self._set("sair_memory_experiences", len(mem))

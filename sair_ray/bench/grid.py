@@ -31,6 +31,12 @@ validator that does not add SAIR's step limits and cooldowns on top of them: rep
 per-stage limits (replicas 1-8, GPU rate 0.1-1.0) and the cluster capacity of the profile
 are kept (`PERMISSIVE_VALIDATOR`).
 
+Decision logs (`sair bench --log-dir DIR`): every run, baselines included (they run
+through the same controller), writes its controller's decision log to
+`DIR/<app>/<pattern>/<method>[+<ablation>]/seed<N>/decisions.jsonl` (`run_log_path`),
+replacing the log of an earlier run of the same scenario; `sair decisions`, `sair report`
+and `sair top` read it.
+
 Validator escapes: every round's executed allocation is re-checked against the stage
 limits, the step limits and cooldowns of the run's validator, the cluster capacity and
 what the next round observed (`sair_ray.bench.checks`); the `validator_escapes` column
@@ -62,6 +68,7 @@ from sair_ray.controller import Controller, run_virtual
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
 from sair_ray.policy.base import Policy
+from sair_ray.report.records import LOG_NAME
 from sair_ray.sim.profiles import Profile, list_profiles, load_profile
 from sair_ray.sim.workloads import Burst, Poisson, Ramp, Workload
 from sair_ray.types import Decision, PipelineSpec
@@ -113,6 +120,13 @@ class Scenario:
 
 def method_label(method: str, variant: str = "") -> str:
     return f"{method}[{variant}]" if variant else method
+
+
+def run_log_path(log_dir: str | Path, sc: Scenario) -> Path:
+    """Where `--log-dir` puts a scenario's decision log. `+`, not the table label's
+    brackets, joins an ablation: brackets are glob characters in a shell."""
+    method = f"{sc.method}+{sc.variant}" if sc.variant else sc.method
+    return Path(log_dir) / sc.app / sc.pattern / method / f"seed{sc.seed}" / LOG_NAME
 
 
 @dataclass
@@ -226,15 +240,18 @@ def _steady_attainment(completed: int, drops: int, errors: int, violations: int)
     return max(0.0, 1.0 - violations / n) if n else float("nan")
 
 
-def run_one(sc: Scenario) -> dict[str, Any]:
-    """One run; returns its result row (see `sair_ray.bench.report` for the columns)."""
+def run_one(sc: Scenario, log_dir: str | Path | None = None) -> dict[str, Any]:
+    """One run; returns its result row (see `sair_ray.bench.report` for the columns).
+    With `log_dir`, the run's decision log goes to `run_log_path(log_dir, sc)`."""
+    log_path = run_log_path(log_dir, sc) if log_dir is not None else None
     profile = load_profile(sc.app)
     duration = sc.hours * 3600.0
     workload = make_workload(profile, sc.pattern, duration)
     if sc.method in SAIR_METHODS:
         cfg = sair_config(sc.seed, sc.variant)
         policy = make_sair_policy(sc.method, cfg, profile.pipeline)
-        return run_scenario(sc, profile, workload, cfg, policy, learn=True)
+        return run_scenario(sc, profile, workload, cfg, policy, learn=True,
+                            log_path=log_path)
     if sc.variant:
         raise BenchError(f"ablation {sc.variant!r} given for baseline {sc.method!r}")
     cfg = bench_config(sc.seed)
@@ -247,16 +264,17 @@ def run_one(sc: Scenario) -> dict[str, Any]:
         params |= {"profile": profile, "workload": workload, "prices": cfg.cost,
                    "seed": sc.seed}
     return run_scenario(sc, profile, workload, cfg, make_baseline(sc.method, **params),
-                        learn=False)
+                        learn=False, log_path=log_path)
 
 
 def run_scenario(sc: Scenario, profile: Profile, workload: Workload, cfg: SAIRConfig,
-                 policy: Policy, *, learn: bool) -> dict[str, Any]:
+                 policy: Policy, *, learn: bool, log_path: str | Path | None = None
+                 ) -> dict[str, Any]:
     """Run `policy` through the controller for the scenario and return its row.
 
     learn=True is the SAIR loop: exploration probes and an experience memory in a fresh
     temporary directory (dimension `phi_dim(stages)`), deleted after the run. The decision
-    log is not written (nothing reads it here); the rows carry what the grid reports."""
+    log is written only to `log_path`; the rows carry what the grid reports."""
     t0 = time.perf_counter()
     duration = sc.hours * 3600.0
     backend = SimBackend(profile, workload, seed=sc.seed, cost=cfg.cost,
@@ -265,7 +283,12 @@ def run_scenario(sc: Scenario, profile: Profile, workload: Workload, cfg: SAIRCo
     with tempfile.TemporaryDirectory(prefix="sair-bench-") as tmp:
         memory = (ExperienceMemory(Path(tmp) / "memory", phi_dim(len(pipeline.stages)),
                                    cfg.memory, loo_k=cfg.retrieval.loo_k) if learn else None)
-        ctl = Controller(backend, policy, cfg, memory=memory, explore=learn, learn=learn)
+        if log_path is not None:
+            # The log appends (a live controller resumes its own); a rerun must not
+            # interleave its rounds with an earlier run's.
+            Path(log_path).unlink(missing_ok=True)
+        ctl = Controller(backend, policy, cfg, memory=memory, explore=learn, learn=learn,
+                         log_path=str(log_path) if log_path is not None else None)
         try:
             decisions = run_virtual(ctl, backend, until=duration)
         finally:
@@ -339,9 +362,10 @@ def _ignore_sigint() -> None:
 
 
 def run_grid(scenarios: Sequence[Scenario], workers: int = 2,
-             on_result: Callable[[Scenario, dict[str, Any] | None], None] | None = None
-             ) -> GridResult:
-    """Run every scenario (in `workers` processes; 1 runs them here, in order).
+             on_result: Callable[[Scenario, dict[str, Any] | None], None] | None = None,
+             log_dir: str | Path | None = None) -> GridResult:
+    """Run every scenario (in `workers` processes; 1 runs them here, in order), writing
+    decision logs under `log_dir` if given (`run_log_path`).
     Ctrl-C stops cleanly: pending runs are cancelled, runs in flight finish, and the
     result holds every finished row with `interrupted=True`. A run that raises is logged
     and listed in `failed`; the others go on."""
@@ -361,13 +385,13 @@ def run_grid(scenarios: Sequence[Scenario], workers: int = 2,
         if workers <= 1:
             for i, sc in enumerate(scenarios):
                 try:
-                    row = run_one(sc)
+                    row = run_one(sc, log_dir)
                 except Exception as e:  # one broken run must not lose the grid
                     finish(i, None, repr(e))
                 else:
                     finish(i, row)
         else:
-            _run_pool(scenarios, workers, finish)
+            _run_pool(scenarios, workers, finish, log_dir)
     except KeyboardInterrupt:
         res.interrupted = True
         log.warning("interrupted: keeping %d of %d finished runs", len(done), len(scenarios))
@@ -376,7 +400,8 @@ def run_grid(scenarios: Sequence[Scenario], workers: int = 2,
 
 
 def _run_pool(scenarios: Sequence[Scenario], workers: int,
-              finish: Callable[[int, dict[str, Any] | None, str | None], None]) -> None:
+              finish: Callable[[int, dict[str, Any] | None, str | None], None],
+              log_dir: str | Path | None) -> None:
     seen: set[int] = set()
 
     def collect(f: Future[dict[str, Any]], i: int) -> None:
@@ -393,7 +418,7 @@ def _run_pool(scenarios: Sequence[Scenario], workers: int,
     ex = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
     futures: dict[Future[dict[str, Any]], int] = {}
     try:
-        futures = {ex.submit(run_one, sc): i for i, sc in enumerate(scenarios)}
+        futures = {ex.submit(run_one, sc, log_dir): i for i, sc in enumerate(scenarios)}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -1,4 +1,5 @@
-"""`sair attach`, `sair detach`, `sair status`: SAIR's controller on a running Serve app.
+"""`sair attach`, `sair detach`, `sair status`, `sair top`: SAIR's controller on a running
+Serve app (`sair top` also follows a decision log).
 
 The controller runs as the detached Ray actor `sair-controller:<app>` (namespace `sair`),
 so `sair attach` returns as soon as it is up, and keeps running after the command exits.
@@ -12,7 +13,6 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 out = Console()
 err = Console(stderr=True)
@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
     app.command("attach")(attach)
     app.command("detach")(detach)
     app.command("status")(status)
+    app.command("top")(top)
 
 
 def attach(
@@ -86,56 +87,107 @@ def detach(app_name: AppArg, address: AddressOpt = None) -> None:
 
 def status(
     app_name: AppArg,
-    last: Annotated[int, typer.Option(help="Decisions to show.", min=0)] = 5,
+    last: Annotated[int, typer.Option(help="Recent rounds to list (0: all kept).",
+                                      min=0)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     address: AddressOpt = None,
 ) -> None:
-    """Show an attached controller's state and its last decisions."""
-    _connect(address)
-    from sair_ray.live import get_handle
+    """Show an attached controller's state: p99 vs SLA, per stage the replicas, CPU and
+    memory, GPU rate, queue, utilisation and last action, epsilon, memory size, the last
+    decision and reward, errors, and the recent rounds."""
+    from sair_ray.report.status_view import from_status, render
 
-    handle = get_handle(app_name)
-    if handle is None:
-        _fail(f"no SAIR controller is attached to {app_name!r} (sair attach {app_name})")
+    _connect(address)
+    handle = _live_handle(app_name)
     st, decisions = handle.status(), handle.decisions(last)
     if as_json:
         out.print_json(json.dumps({"status": st, "decisions": decisions}, default=str))
         return
-    out.print(f"[bold]{app_name}[/bold]: policy {st['policy']}, rounds {st['rounds_ok']} ok / "
-              f"{st['rounds_failed']} failed, memory {st['memory_size']}, controller CPU "
-              f"{100 * st['cpu_frac']:.2f} % of a core")
-    if st["last_error"]:
-        out.print(f"[yellow]last error:[/yellow] {st['last_error']}")
-    for ch in st["external_changes"]:
-        out.print(f"external change: {ch['stage']}.{ch['field']} {ch['expected']} -> "
-                  f"{ch['observed']} (adopted)")
-    for e in st["actuation_errors"]:
-        out.print(f"[red]actuation error:[/red] {e['stage']}.{e['what']}: {e['error']}")
-    out.print(decision_table(decisions))
+    out.print(render(from_status(st, decisions)))
 
 
-def decision_table(decisions: list[dict[str, Any]]) -> Table:
-    t = Table("round", "p99 / SLA ms", "req/s", "replicas", "action", "rationale",
-              title="recent decisions")
-    for d in decisions:
-        reps = " ".join(f"{n}:{s['replicas']}" for n, s in d["stages"].items())
-        act = ", ".join(f"{n} {_delta(a)}" for n, a in d["action"].items()) or "-"
-        t.add_row(str(d["round"]), f"{_num(d['p99_ms'])} / {_num(d['sla_ms'])}",
-                  _num(d["arrival_rate"], 1), reps, act, (d["rationale"] or d["error"])[:80])
-    return t
+def top(
+    target: Annotated[str, typer.Argument(
+        help="Serve app name (its attached controller), or a decision log or a directory "
+             "holding one (a live app's data dir, a `sair bench --log-dir` run's "
+             "<app>/<pattern>/<method>/seed<N>), shown at its latest round.")],
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.",
+                                            min=0.2)] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print the view once and exit.")]
+        = False,
+    last: Annotated[int, typer.Option(help="Recent rounds to list.", min=1)] = 5,
+    address: AddressOpt = None,
+) -> None:
+    """`sair status`, refreshed in place every --interval seconds until Ctrl-C; also
+    follows a decision log as it grows, so it works on a finished or running bench run."""
+    import time
 
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
 
-def _delta(a: dict[str, float]) -> str:
-    names = {"replicas": "n", "cpu_m": "cpu", "mem_mb": "mem", "rate": "r"}
-    return " ".join(f"{names.get(k, k)}{v:+g}" for k, v in a.items() if v)
+    from sair_ray.report.status_view import render
 
+    fetch = _log_view(target, last) if _names_a_log(target) else _live_view(target, last,
+                                                                             address)
+    shown = render(fetch())
+    if once:
+        out.print(shown)
+        return
 
-def _num(v: Any, digits: int = 0) -> str:
+    def frame() -> Any:
+        nonlocal shown
+        try:
+            shown = render(fetch())
+            return shown
+        except Exception as e:  # a monitor outlives a slow actor or a log being replaced
+            return Group(shown, Text(f"refresh failed at {time.strftime('%H:%M:%S')}: {e}",
+                                     style="red"))
+
     try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if f != f else f"{f:.{digits}f}"
+        with Live(shown, console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(frame(), refresh=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how top is meant to end
+
+
+def _names_a_log(target: str) -> bool:
+    p = Path(target).expanduser()
+    return p.exists() or "/" in target or target.endswith(".jsonl")
+
+
+def _log_view(target: str, last: int) -> Any:
+    from sair_ray.report.records import LogError, LogReader, resolve
+    from sair_ray.report.status_view import from_log
+
+    try:
+        # past rounds are not shown, so the reader keeps only a few (the policy's name
+        # comes from the latest non-probe round among them)
+        reader = LogReader(resolve(target), keep=max(last, 50))
+        reader.read()
+    except LogError as e:
+        _fail(str(e))
+    return lambda: from_log(reader.read(), last)
+
+
+def _live_view(app_name: str, last: int, address: str | None) -> Any:
+    from sair_ray.report.status_view import from_status
+
+    _connect(address)
+    handle = _live_handle(app_name)
+    return lambda: from_status(handle.status(), handle.decisions(last))
+
+
+def _live_handle(app_name: str) -> Any:
+    from sair_ray.live import get_handle
+
+    handle = get_handle(app_name)
+    if handle is None:
+        _fail(f"no SAIR controller is attached to {app_name!r} (sair attach {app_name}; "
+              f"a detached app's decision log: sair top <data dir>/{app_name})")
+    return handle
 
 
 def _connect(address: str | None) -> None:

@@ -28,7 +28,8 @@ def demo(
         "runs/demo"),
 ) -> None:
     """Start local Ray, deploy image_classification with SAIR attached, drive a burst
-    workload with a live table, write a report with plots, shut everything down."""
+    workload with a live table, write the `sair report` HTML page of the run and a summary
+    of the load and decisions, shut everything down."""
     import logging
 
     from sair_ray.baselines import BASELINES
@@ -47,4 +48,6 @@ def demo(
     except KeyboardInterrupt:
         err.print("interrupted during set-up; everything was shut down")
         raise typer.Exit(130) from None
-    out.print(f"report -> {report}")
+    html = report.with_name("report.html")
+    out.print(f"report -> {html} (figures), {report} (load and decisions)" if html.exists()
+              else f"report -> {report}")

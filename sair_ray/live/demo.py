@@ -4,11 +4,12 @@
 from its serve config (declarative, `external_scaler_enabled: true`), 3. attach SAIR as
 the detached controller actor, 4. drive a burst workload over HTTP (sair_ray.loadgen)
 while a live table shows per-stage replicas, queue and p99 against the SLA and the last
-decision with its rationale, 5. write a report (Markdown, CSV, PNG plots) and shut
-everything down, also on Ctrl-C.
+decision with its rationale, 5. write `sair report`'s HTML page (figures from the
+controller's decision log, `sair_ray.report.html`) and a Markdown summary of the load and
+the scaling decisions, and shut everything down, also on Ctrl-C.
 
-The monitor samples the app's metrics actor every `sample_s` seconds; the table and the
-report are built from those samples and from the controller's decisions.
+The monitor samples the app's metrics actor every `sample_s` seconds for the live table
+and `timeline.csv`; the figures come from the decision log, as for any other run.
 """
 
 from __future__ import annotations
@@ -173,12 +174,14 @@ def _plan(opts: DemoOptions) -> Any:
 
 
 def run_demo(opts: DemoOptions, console: Any) -> Path:
-    """Everything, start to report; returns the report path. Cleans up on any exit."""
+    """Everything, start to report; returns the Markdown summary's path (report.html
+    beside it). Cleans up on any exit."""
     import ray
     from rich.live import Live
 
     from sair_ray.backends.ray_serve import ServeAdmin, discover_dashboard_url
     from sair_ray.live import attach
+    from sair_ray.live.paths import app_data_dir
     from sair_ray.loadgen import LoadRunner, summarize
     from sair_ray.sim.profiles import load_profile
 
@@ -236,9 +239,9 @@ def run_demo(opts: DemoOptions, console: Any) -> Path:
         summary = summarize(runner.results, max(time.time() - t0, 1e-9), runner.max_in_flight)
         decisions = handle.decisions(last=1000)
         status = handle.status()
-        report = write_report(out, opts, mon, decisions, status, runner.results, summary,
-                              sla_ms, interrupted)
-        return report
+        return write_report(out, opts, mon.samples, mon.t0, decisions, status,
+                            runner.results, summary, sla_ms, interrupted,
+                            app_data_dir(APP, data_dir) / "decisions.jsonl")
     finally:
         console.print("shutting down: SAIR controller, Serve, Ray ...")
         if handle is not None:
@@ -270,25 +273,28 @@ def _wait_running(admin: Any, app: str, console: Any, timeout_s: float = 300) ->
         time.sleep(1)
 
 
-def write_report(out: Path, opts: DemoOptions, mon: Monitor, decisions: list[dict[str, Any]],
-                 status: dict[str, Any], results: list[Any], summary: Any, sla_ms: float,
-                 interrupted: bool) -> Path:
+def write_report(out: Path, opts: DemoOptions, samples: list[Sample], t0: float,
+                 decisions: list[dict[str, Any]], status: dict[str, Any], results: list[Any],
+                 summary: Any, sla_ms: float, interrupted: bool, log_path: Path) -> Path:
+    """report.md (the load, the scaling decisions), report.html with its PNGs (`sair
+    report` on the controller's decision log `log_path`), timeline.csv, decisions.json,
+    requests.parquet; returns report.md's path."""
     from sair_ray.loadgen import write_results
 
     write_results(results, out / "requests.parquet")
     (out / "decisions.json").write_text(json.dumps(decisions, indent=1, default=str))
-    stages = sorted({n for s in mon.samples for n in s.stages})
+    stages = sorted({n for s in samples for n in s.stages})
     with open(out / "timeline.csv", "w") as f:
         f.write("t_s,arrival_rps,p99_ms," + ",".join(
             f"{n}_{k}" for n in stages for k in ("replicas", "queue", "p99_ms")) + "\n")
-        for s in mon.samples:
+        for s in samples:
             row = [f"{s.t:.1f}", f"{s.arrival_rps:.2f}", f"{s.p99_ms:.1f}"]
             for n in stages:
                 st = s.stages.get(n, {})
                 row += [str(st.get("replicas", "")), str(st.get("queue", "")),
                         f"{st.get('p99_ms', math.nan):.1f}"]
             f.write(",".join(row) + "\n")
-    figures = _plots(out, mon, stages, sla_ms, decisions)
+    html = _html_report(log_path, out)
     c = summary.counts
     answered = c.get("ok", 0) + c.get("http_error", 0)
     scale = [d for d in decisions if any(a.get("replicas") for a in d["action"].values())]
@@ -314,8 +320,13 @@ def write_report(out: Path, opts: DemoOptions, mon: Monitor, decisions: list[dic
         act = "; ".join(f"{n} " + " ".join(f"{k} {v:+g}" for k, v in a.items() if v)
                         for n, a in d["action"].items())
         why = (d["rationale"] or "").replace("|", "/").replace("\n", " ")[:200]
-        lines.append(f"| {d['time'] - mon.t0:.0f} | {d['round']} | {act} | {why} |")
-    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+        lines.append(f"| {d['time'] - t0:.0f} | {d['round']} | {act} | {why} |")
+    lines += ["", "## Figures", "",
+              f"[{html.name}]({html.name}): p99 vs SLA, replicas and GPU rate per stage, "
+              "cost, reward and its terms, probes vs policy decisions, the Pareto frontier "
+              "(the same page as `sair report`)." if html else
+              "none were written (matplotlib missing, or no decision logged: see the "
+              "warnings above)"]
     lines += ["", "Files: `timeline.csv` (samples every "
               f"{opts.sample_s:g} s), `decisions.json`, `requests.parquet` (every request), "
               "`sair-data/` (memory, state, decision log)."]
@@ -324,44 +335,19 @@ def write_report(out: Path, opts: DemoOptions, mon: Monitor, decisions: list[dic
     return report
 
 
-def _plots(out: Path, mon: Monitor, stages: list[str], sla_ms: float,
-           decisions: list[dict[str, Any]]) -> list[Path]:
-    try:
-        import matplotlib
+def _html_report(log_path: Path, out: Path) -> Path | None:
+    """`sair report`'s page for the demo's decision log, or None without matplotlib or
+    before the first decision."""
+    import importlib.util
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    from sair_ray.report.html import write_report as write_html
+    from sair_ray.report.records import LogError, load
+
+    if importlib.util.find_spec("matplotlib") is None:
         log.warning("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
-        return []
-    t = [s.t for s in mon.samples]
-    paths = []
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot(t, [s.p99_ms for s in mon.samples], label="end-to-end p99 (10 s window)")
-    ax.axhline(sla_ms, color="red", linestyle="--", label=f"SLA {sla_ms:g} ms")
-    for d in decisions:
-        if d["action"]:
-            ax.axvline(d["time"] - mon.t0, color="grey", alpha=0.3)
-    ax.set_xlabel("time since load start (s)")
-    ax.set_ylabel("ms")
-    ax.set_yscale("log")
-    ax.legend(loc="upper left")
-    ax2 = ax.twinx()
-    ax2.plot(t, [s.arrival_rps for s in mon.samples], color="tab:green", alpha=0.5)
-    ax2.set_ylabel("req/s", color="tab:green")
-    fig.tight_layout()
-    paths.append(out / "p99_vs_sla.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for n in stages:
-        ax.step(t, [s.stages.get(n, {}).get("replicas", math.nan) for s in mon.samples],
-                where="post", label=n)
-    ax.set_xlabel("time since load start (s)")
-    ax.set_ylabel("replicas")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    paths.append(out / "replicas.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
+        return None
+    try:
+        return write_html(load(log_path), out)
+    except (LogError, ValueError) as e:  # no log yet: the run ended before its first round
+        log.warning("no figures: %s", e)
+        return None

@@ -15,11 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from sair_ray.report.records import num
+from sair_ray.reward import TERMS as REWARD_TERMS
 
 REPLY_CHARS = 400       # raw LLM replies can be long (or garbage): show the start
 RATIONALE_CHARS = 600
-# Reward terms in the order of SPEC 3: R = w_L R_lat + w_C R_cost - P_sla + R_pareto + B_pro
-REWARD_TERMS = ("r_lat", "r_cost", "p_sla", "r_pareto", "b_pro")
 _SHORT = {"replicas": "replicas", "cpu_m": "cpu_m", "mem_mb": "mem_mb", "rate": "rate"}
 
 
@@ -43,26 +42,36 @@ def source_kind(rec: dict[str, Any]) -> str:
     return "probe" if rec.get("source") == "probe" else "policy"
 
 
+def stage_action_text(delta: dict[str, Any]) -> str:
+    """One stage's validated change, e.g. `replicas +1, rate -0.2` ('' for none)."""
+    return ", ".join(f"{_SHORT.get(k, k)} {num(v):+g}" for k, v in delta.items() if num(v))
+
+
 def action_text(action: dict[str, Any]) -> str:
-    parts = []
-    for stage, delta in (action or {}).items():
-        moves = [f"{_SHORT.get(k, k)} {num(v):+g}" for k, v in delta.items() if num(v)]
-        if moves:
-            parts.append(f"{stage}: {', '.join(moves)}")
+    parts = [f"{stage}: {moves}" for stage, delta in (action or {}).items()
+             if (moves := stage_action_text(delta))]
     return "; ".join(parts) or "no-op (hold)"
 
 
-def stage_table(ctx: dict[str, Any]) -> Table:
+def stage_table(ctx: dict[str, Any], action: dict[str, Any] | None = None) -> Table:
+    """The context's stages; with `action`, a last column with each stage's change."""
     t = Table(box=None, pad_edge=False)
     t.add_column("stage", no_wrap=True)
-    for h in ("kind", "rep", "cpu_m", "mem_mb", "rate", "queue", "util", "p99 ms", "wait ms",
-              "req/s"):
-        t.add_column(h, no_wrap=True, justify="left" if h == "kind" else "right")
+    heads = ["kind", "rep", "cpu_m", "mem_mb", "gpu rate", "queue", "util", "p99 ms",
+             "wait ms", "req/s"] + (["action"] if action is not None else [])
+    for h in heads:
+        t.add_column(h, no_wrap=h != "action",
+                     justify="left" if h in ("kind", "action") else "right")
     for s in ctx.get("stages", []):
-        t.add_row(str(s.get("name")), str(s.get("kind")), str(s.get("replicas")),
-                  str(s.get("cpu_m")), str(s.get("mem_mb")), fmt(s.get("rate"), 2),
-                  fmt(s.get("queue"), 0), fmt(s.get("util"), 2), fmt(s.get("p99_ms")),
-                  fmt(s.get("queue_delay_ms")), fmt(s.get("throughput_rps")))
+        row = [str(s.get("name")), str(s.get("kind")), str(s.get("replicas")),
+               str(s.get("cpu_m")), str(s.get("mem_mb")),
+               # CPU stages carry rate 1 in the context: it is not a setting there
+               fmt(s.get("rate"), 2) if s.get("kind") == "gpu" else "-",
+               fmt(s.get("queue"), 0), fmt(s.get("util"), 2), fmt(s.get("p99_ms")),
+               fmt(s.get("queue_delay_ms")), fmt(s.get("throughput_rps"))]
+        if action is not None:
+            row.append(stage_action_text(action.get(str(s.get("name")), {})) or "-")
+        t.add_row(*row)
     return t
 
 
@@ -73,7 +82,7 @@ def context_line(ctx: dict[str, Any]) -> Text:
     line = Text(f"p99 {fmt(p99, 0)} ms / SLA {fmt(sla, 0)} ms")
     line.append(verdict)
     line.append(f" · {fmt(ctx.get('arrival_rate'))} req/s · cost ${fmt(ctx.get('cost_rate'), 2)}"
-                f"/h · errors {ctx.get('errors', 0)} · drops {ctx.get('drops', 0)}")
+                f"/h · errors {fmt(ctx.get('errors'), 0)} · drops {fmt(ctx.get('drops'), 0)}")
     return line
 
 

@@ -32,6 +32,7 @@ class DecisionRecords:
     path: Path
     decisions: list[dict[str, Any]]
     events: list[dict[str, Any]] = field(default_factory=list)
+    remembered: int = 0         # rewards whose experience went into memory
 
     @property
     def app(self) -> str:
@@ -74,32 +75,66 @@ def resolve(target: str, base: str | os.PathLike[str] | None = None) -> Path:
 def load(path: str | os.PathLike[str]) -> DecisionRecords:
     """Read a decision log (as `DecisionLog.merged` does, a torn final line skipped); a
     line that is not a log record is an error that names its line number."""
-    path = Path(path)
-    decisions: dict[int, dict[str, Any]] = {}
-    events: list[dict[str, Any]] = []
-    try:
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.endswith("\n"):
-                    break  # torn final line: the controller was writing it
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    kind = rec["kind"]
-                    if kind == "decision":
-                        decisions[int(rec["round"])] = rec
-                    elif kind == "reward":
-                        if int(rec["round"]) in decisions:
-                            decisions[int(rec["round"])]["reward"] = rec["reward"]
-                    else:
-                        events.append(rec)
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise LogError(f"{path}:{lineno}: not a decision log record "
-                                   f"({type(e).__name__}: {e})") from None
-    except OSError as e:
-        raise LogError(f"cannot read {path}: {e}") from None
-    return DecisionRecords(path, [decisions[k] for k in sorted(decisions)], events)
+    return LogReader(path).read()
+
+
+class LogReader:
+    """Reads a decision log, and on each later `read()` only the lines appended since, so
+    following a live log (`sair top`) costs what it grew by. `keep` bounds the decisions
+    held to the latest rounds; `remembered` counts over the whole log. A log replaced
+    meanwhile (a bench rerun) is read again from its start."""
+
+    def __init__(self, path: str | os.PathLike[str], keep: int | None = None) -> None:
+        self.path = Path(path)
+        self.keep = keep
+        self._start()
+
+    def _start(self, inode: int = -1) -> None:
+        self._inode = inode
+        self._offset = 0
+        self._lineno = 0
+        self._decisions: dict[int, dict[str, Any]] = {}
+        self._events: list[dict[str, Any]] = []
+        self.remembered = 0
+
+    def read(self) -> DecisionRecords:
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != self._inode or st.st_size < self._offset:
+                    self._start(st.st_ino)
+                f.seek(self._offset)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # torn final line: the controller is writing it
+                    self._offset += len(line)
+                    self._lineno += 1
+                    if line.strip():
+                        self._add(line)
+        except OSError as e:
+            raise LogError(f"cannot read {self.path}: {e}") from None
+        if self.keep is not None:
+            for k in sorted(self._decisions)[:-self.keep or None]:
+                del self._decisions[k]
+            del self._events[:-self.keep or None]
+        return DecisionRecords(self.path, [self._decisions[k] for k in sorted(self._decisions)],
+                               list(self._events), self.remembered)
+
+    def _add(self, line: bytes) -> None:
+        try:
+            rec = json.loads(line)
+            kind = rec["kind"]
+            if kind == "decision":
+                self._decisions[int(rec["round"])] = rec
+            elif kind == "reward":
+                self.remembered += bool(rec["reward"].get("stored"))
+                if int(rec["round"]) in self._decisions:
+                    self._decisions[int(rec["round"])]["reward"] = rec["reward"]
+            else:
+                self._events.append(rec)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise LogError(f"{self.path}:{self._lineno}: not a decision log record "
+                           f"({type(e).__name__}: {e})") from None
 
 
 def num(x: Any) -> float:

@@ -10,10 +10,12 @@ import pytest
 from sair_ray.backends.sim import SimBackend
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
+from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
 from sair_ray.metrics_export import METRICS, MetricsExporter, ray_factory, safe_record
 from sair_ray.policy import make_policy
+from sair_ray.reward import TERMS
 from sair_ray.sim.workloads import Poisson
 
 ROUNDS = 40
@@ -59,7 +61,8 @@ def _controller(tmp_path, seed: int = 5):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    backend, ctl, mem = _controller(tmp_path_factory.mktemp("metrics"))
+    where = tmp_path_factory.mktemp("metrics")
+    backend, ctl, mem = _controller(where)
     exp = MetricsExporter("imgcls", factory=Recorded)
     decisions, targets, rewards = [], [], []
     step = ctl.cfg.loop.decision_interval_s
@@ -73,12 +76,14 @@ def exported(tmp_path_factory):
         if ctl.counters.rewarded > rewarded:
             rewards.append(ctl.counters.reward_sum - reward_sum)
     ctl.close()
-    yield exp, ctl, decisions, targets, rewards, len(mem)
+    logged = [r["reward"] for r in DecisionLog.read(where / "decisions.jsonl")
+              if r["kind"] == "reward"]
+    yield exp, ctl, decisions, targets, rewards, len(mem), logged[-1]
     mem.close()
 
 
 def test_counters_match_the_controller(exported):
-    exp, ctl, decisions, _, _, mem_size = exported
+    exp, ctl, decisions, _, _, mem_size, _ = exported
     by_source = exp.m["sair_decisions"].total
     assert by_source[("imgcls", "probe")] == ctl.counters.probes > 0
     assert by_source[("imgcls", "policy")] == ROUNDS - ctl.counters.probes
@@ -96,7 +101,7 @@ def test_counters_match_the_controller(exported):
 
 
 def test_gauges_follow_the_run(exported):
-    exp, ctl, decisions, targets, rewards, _ = exported
+    exp, ctl, decisions, targets, rewards, _, _ = exported
     # the replica targets exported after round i are what round i+1 observed in force
     for i in range(ROUNDS - 1):
         seen = {s["name"]: s["replicas"] for s in decisions[i + 1].context["stages"]}
@@ -108,6 +113,13 @@ def test_gauges_follow_the_run(exported):
     assert exp.m["sair_p99_ms"].value[("imgcls",)] == decisions[-1].context["p99_ms"]
     # only the GPU stage has a rate target
     assert set(exp.m["sair_stage_gpu_rate_target"].value) == {("imgcls", "inference")}
+
+
+def test_reward_term_gauges_match_the_logged_reward(exported):
+    exp, *_, logged = exported
+    assert exp.m["sair_reward"].value[("imgcls",)] == pytest.approx(logged["total"])
+    for t in TERMS:
+        assert exp.m[f"sair_reward_{t}"].value[("imgcls",)] == pytest.approx(logged[t]), t
 
 
 def test_ray_metric_classes_accept_every_record(tmp_path):

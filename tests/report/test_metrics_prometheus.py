@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from sair_ray.metrics_export import MetricsExporter
+from sair_ray.reward import TERMS
 from tests.report.test_metrics_export import _controller
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,7 +43,8 @@ def test_metrics_are_scraped_from_ray(tmp_path):
         mem.close()
         wanted = [("ray_sair_decisions_total", 'source="policy"'),
                   ("ray_sair_policy_calls_total", ""),
-                  ("ray_sair_stage_gpu_rate_target", 'stage="inference"')]
+                  ("ray_sair_stage_gpu_rate_target", 'stage="inference"'),
+                  *((f"ray_sair_reward_{t}", "") for t in TERMS)]
         if ctl.counters.probes:
             wanted.append(("ray_sair_decisions_total", 'source="probe"'))
 
@@ -80,3 +82,5 @@ def test_metrics_are_scraped_from_ray(tmp_path):
     assert value("ray_sair_stage_replicas_target", stage="preprocess") >= 1
     assert value("ray_sair_stage_gpu_rate_target", stage="inference") > 0
     assert re.search(r"^ray_sair_reward\{", text, re.M)
+    for t in TERMS:  # the last reward's terms, as the controller computed them
+        assert value(f"ray_sair_reward_{t}") == pytest.approx(getattr(ctl.last_reward, t))

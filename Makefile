@@ -9,7 +9,7 @@ TEST_EXTRAS ?= dev,apps,local-llm,k8s
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(TEST_EXTRAS))
 comma  := ,
 
-.PHONY: test lint venv demo bench-core docs clean
+.PHONY: test lint venv demo bench-core docs audit clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
+
+# Dependency vulnerability audit (pip-audit); skips with a warning where no vulnerability
+# database is reachable. Reviewed findings: scripts/audit-ignore.txt.
+audit: $(STAMP)
+	scripts/audit.sh
 
 bench-core: $(STAMP)
 	$(PY) benchmarks/bench_core.py

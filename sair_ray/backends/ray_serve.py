@@ -59,6 +59,12 @@ class ServeAdminError(RuntimeError):
     """The dashboard's Serve REST API refused a request or could not be reached."""
 
 
+class DashboardUnreachable(ServeAdminError):
+    """No HTTP answer at all (connection refused or reset, timeout, DNS): every further
+    request would fail the same way, and a request in flight may or may not have been
+    carried out."""
+
+
 # -- the dashboard REST API ---------------------------------------------------------------
 class ServeAdmin:
     """Minimal client of the Serve REST API on the Ray dashboard (stdlib HTTP only)."""
@@ -87,8 +93,8 @@ class ServeAdmin:
             raise ServeAdminError(f"{method} {self.url}{path} -> HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise ServeAdminError(f"cannot reach the Ray dashboard at {self.url} "
-                                  f"({method} {path}): {reason}") from None
+            raise DashboardUnreachable(f"cannot reach the Ray dashboard at {self.url} "
+                                       f"({method} {path}): {reason}") from None
         try:
             return json.loads(text)
         except json.JSONDecodeError:
@@ -306,6 +312,7 @@ class RayServeBackend:
         self.external_changes: deque[ExternalChange] = deque(maxlen=history)
         self.actuation_errors: deque[ActuationError] = deque(maxlen=history)
         self._warned: set[str] = set()
+        self._unconfirmed: set[str] = set()   # stages of an apply cut off by an outage
         self.last_view: AppView = view
 
     # -- Backend protocol ---------------------------------------------------------------
@@ -322,29 +329,63 @@ class RayServeBackend:
         return replace(ctx, app=self.app, time=end)
 
     def apply(self, target: Mapping[str, StageAllocation], now: float) -> None:
-        """Move stages to `target`. Each step that fails is logged and recorded in
-        `actuation_errors`; the next observation shows what actually happened."""
+        """Move stages to `target`. A step the dashboard refuses is logged and recorded in
+        `actuation_errors`, and the other stages go on; the next observation shows what
+        actually happened.
+
+        If the dashboard stops answering part-way, nothing more is tried (each further
+        request would wait out the same failure) and `DashboardUnreachable` is raised, so
+        the round fails as a whole rather than counting as an applied action. The stages
+        not reached are recorded as actuation errors.
+        """
         view = self._view()
         current = self._allocation(view)
         resources: dict[str, StageAllocation] = {}
         failed: set[str] = set()
-        for name, t in target.items():
-            spec = self._pipeline.stage(name)
-            cur = current[name]
-            if t.replicas != cur.replicas:
-                try:
-                    self.admin.scale(self.app, name, t.replicas)
-                    log.info("%s/%s: replicas %d -> %d", self.app, name, cur.replicas,
-                             t.replicas)
-                except ServeAdminError as e:
-                    self._error(now, name, "replicas", e)
-                    failed.add(name)
-            if not spec.is_gpu and (t.cpu_m != cur.cpu_m or t.mem_mb != cur.mem_mb):
-                resources[name] = t
-            if spec.is_gpu and not math.isclose(t.rate, cur.rate):
-                self._set_rate(view.deployments[name], name, t.rate, now)
-        if resources and not self._redeploy(view, resources, target, now):
-            failed.update(resources)
+        done: list[str] = []          # steps carried out, for the message if cut off
+        complete: set[str] = set()    # stages all of whose steps were carried out
+        try:
+            for name, t in target.items():
+                spec = self._pipeline.stage(name)
+                cur = current[name]
+                if t.replicas != cur.replicas:
+                    try:
+                        self.admin.scale(self.app, name, t.replicas)
+                        done.append(f"{name} replicas {cur.replicas}->{t.replicas}")
+                        log.info("%s/%s: replicas %d -> %d", self.app, name, cur.replicas,
+                                 t.replicas)
+                    except DashboardUnreachable:
+                        raise
+                    except ServeAdminError as e:
+                        self._error(now, name, "replicas", e)
+                        failed.add(name)
+                if not spec.is_gpu and (t.cpu_m != cur.cpu_m or t.mem_mb != cur.mem_mb):
+                    resources[name] = t
+                if spec.is_gpu and not math.isclose(t.rate, cur.rate):
+                    self._set_rate(view.deployments[name], name, t.rate, now)
+                    done.append(f"{name} rate {cur.rate:g}->{t.rate:g}")
+                if name not in resources:
+                    complete.add(name)
+            if resources:
+                if self._redeploy(view, resources, target, now):
+                    done.append(f"{', '.join(resources)} CPU/memory")
+                    complete.update(resources)
+                else:
+                    failed.update(resources)
+        except DashboardUnreachable as e:
+            missed = [n for n, t in target.items() if n in current and t != current[n]
+                      and n not in complete and n not in failed]
+            for name in missed:
+                self._error(now, name, "apply", e)
+            # The request that failed may still have been carried out (a timeout after
+            # Serve acted), so assume nothing: the next observation compares against the
+            # allocation before this call, and whatever did change is adopted like a
+            # user's change (held for its cooldowns, not undone or repeated).
+            self._expected = dict(current)
+            self._unconfirmed = set(target)
+            raise DashboardUnreachable(
+                f"{e}; done before it: {', '.join(done) or 'nothing'}; not done: "
+                f"{', '.join(missed) or 'nothing'}") from None
         # What the next observation should show; anything else changed outside SAIR.
         expected = dict(current)
         expected.update({n: t for n, t in target.items() if n in expected and n not in failed})
@@ -446,9 +487,15 @@ class RayServeBackend:
                         ch = ExternalChange(now, name, field, e, o)
                         self.external_changes.append(ch)
                         new.append(ch)
-                        log.warning("%s/%s: %s changed outside SAIR (%s -> %s); adopting it",
-                                    self.app, name, field, e, o)
+                        if name in self._unconfirmed:
+                            log.warning("%s/%s: %s is %s after an apply the dashboard cut "
+                                        "off (was %s); adopting it", self.app, name, field,
+                                        o, e)
+                        else:
+                            log.warning("%s/%s: %s changed outside SAIR (%s -> %s); "
+                                        "adopting it", self.app, name, field, e, o)
         self._expected = dict(allocation)
+        self._unconfirmed = set()
         return new
 
     def _redeploy(self, view: AppView, resources: Mapping[str, StageAllocation],
@@ -467,6 +514,8 @@ class RayServeBackend:
             log.info("%s: redeployed %s with new CPU/memory (rolling restart)", self.app,
                      ", ".join(changes))
             return True
+        except DashboardUnreachable:
+            raise
         except (ServeAdminError, ServeSetupError) as e:
             for name in changes:
                 self._error(now, name, "resources", e)

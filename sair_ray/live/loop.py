@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from sair_ray.live.paths import app_data_dir, read_json, write_json_atomic
 from sair_ray.metrics_export import make_exporter, safe_record
 from sair_ray.policy import SAIR_POLICIES
 from sair_ray.policy.base import Policy
-from sair_ray.types import Decision, PipelineSpec
+from sair_ray.types import Action, Decision, PipelineSpec, StageAllocation, StageDelta
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def summarize(d: Decision) -> dict[str, Any]:
         "bottleneck": {k: d.bottleneck.get(k) for k in ("label", "stages", "reason")},
         "p99_ms": ctx.get("p99_ms"), "p50_ms": ctx.get("p50_ms"),
         "sla_ms": ctx.get("sla_ms"), "arrival_rate": ctx.get("arrival_rate"),
-        "errors": ctx.get("errors"),
-        "stages": {s["name"]: {k: s[k] for k in ("replicas", "cpu_m", "mem_mb", "rate",
+        "errors": ctx.get("errors"), "drops": ctx.get("drops"),
+        "cost_rate": ctx.get("cost_rate"),
+        "stages": {s["name"]: {k: s[k] for k in ("kind", "replicas", "cpu_m", "mem_mb", "rate",
                                                   "queue", "util", "p99_ms",
                                                   "queue_delay_ms", "throughput_rps")}
                    for s in ctx.get("stages", [])},
@@ -111,6 +112,7 @@ class LiveLoop:
         self.rounds_failed = 0
         self.last_error = ""
         self.restored_round: int | None = None
+        self.interrupted_rounds = 0   # rounds a crash cut off mid-apply, found at restart
         self.started_at = clock()
         self.cpu_s = 0.0          # thread CPU time spent in rounds (policy included)
         self.decide_ms = 0.0      # wall time in the policy (the LLM, for SAIR)
@@ -141,7 +143,10 @@ class LiveLoop:
 
             memory = ExperienceMemory(self.dir / "memory", phi_dim(len(backend.pipeline.stages)),
                                       self.cfg.memory, loo_k=self.cfg.retrieval.loo_k)
-        ctl = Controller(backend, policy, self.cfg, memory=memory,
+        journaled = _JournaledBackend(backend, self.intent_path,
+                                      lambda: self.controller.counters.rounds - 1
+                                      if self.controller is not None else -1)
+        ctl = Controller(journaled, policy, self.cfg, memory=memory,
                          log_path=str(self.dir / "decisions.jsonl"), explore=learns,
                          learn=learns)
         self._restore(ctl)
@@ -154,38 +159,93 @@ class LiveLoop:
 
     def _restore(self, ctl: Controller) -> None:
         saved = read_json(self.state_path)
-        if not saved:
+        if saved:
+            try:
+                if saved.get("version") != STATE_VERSION:
+                    raise ValueError(f"state version {saved.get('version')} != "
+                                     f"{STATE_VERSION}")
+                ctl.restore(saved["controller"])
+                self.restored_round = ctl.counters.rounds
+                log.info("%s: resumed at round %d from %s", self.opts.app,
+                         ctl.counters.rounds, self.state_path)
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("%s: ignoring unreadable %s (%s); starting fresh", self.opts.app,
+                            self.state_path, e)
+        self._resolve_interrupted(ctl)
+
+    def _resolve_interrupted(self, ctl: Controller) -> None:
+        """A previous run that died between applying an action and saving its state left
+        the intent file behind. The action may have reached Serve, so it counts as applied:
+        its cooldowns start at its round's time and the round number is not reused, so the
+        resumed controller neither repeats it nor stacks another step on it at once. Its
+        outcome is not rewarded (it was never acknowledged). The decision log gets an
+        `interrupted` record, since the round's own decision line was never written."""
+        intent = read_json(self.intent_path)
+        if intent is None:
             return
         try:
-            if saved.get("version") != STATE_VERSION:
-                raise ValueError(f"state version {saved.get('version')} != {STATE_VERSION}")
-            ctl.restore(saved["controller"])
-            self.restored_round = ctl.counters.rounds
-            log.info("%s: resumed at round %d from %s", self.opts.app, ctl.counters.rounds,
-                     self.state_path)
+            rnd, at = int(intent["round"]), float(intent["time"])
+            before = {k: StageAllocation(**v) for k, v in intent["before"].items()}
+            targets = {k: StageAllocation(**v) for k, v in intent["targets"].items()}
         except (KeyError, TypeError, ValueError) as e:
-            log.warning("%s: ignoring unreadable %s (%s); starting fresh", self.opts.app,
-                        self.state_path, e)
+            log.warning("%s: ignoring unreadable %s (%s)", self.opts.app, self.intent_path, e)
+            self.intent_path.unlink(missing_ok=True)
+            return
+        if rnd >= ctl.counters.rounds:  # not covered by the saved state
+            action = Action({n: StageDelta(t.replicas - before[n].replicas,
+                                           t.cpu_m - before[n].cpu_m,
+                                           t.mem_mb - before[n].mem_mb,
+                                           round(t.rate - before[n].rate, 6))
+                             for n, t in targets.items() if n in before})
+            ctl.validator.commit(action, at)
+            ctl.last_action_at = at
+            ctl.counters.rounds = rnd + 1
+            ctl.log.write("interrupted", {"round": rnd, "time": at,
+                                          "action": action.to_dict(),
+                                          "targets": intent["targets"]})
+            self.interrupted_rounds += 1
+            log.warning("%s: round %d was cut off while applying %s; treating it as "
+                        "applied", self.opts.app, rnd, action.to_dict())
+            write_json_atomic(self.state_path, {"version": STATE_VERSION, "app": self.opts.app,
+                                                "policy": self.policy_name, "saved_at": at,
+                                                "controller": ctl.state()})
+        self.intent_path.unlink(missing_ok=True)
 
     @property
     def state_path(self) -> Path:
         return self.dir / "state.json"
 
+    @property
+    def intent_path(self) -> Path:
+        return self.dir / "applying.json"
+
     # -- rounds ---------------------------------------------------------------------------
     def round(self, now: float) -> Decision | None:
         """One decision round at wall-clock `now`; None if it could not run."""
         cpu0 = time.thread_time()
+        attempted = self.controller.counters.rounds if self.controller is not None else 0
         try:
             if not self.setup():
                 self.rounds_failed += 1
                 return None
             assert self.controller is not None
+            attempted = self.controller.counters.rounds
             self._adopt_external(now)
             d = self.controller.tick(now)
         except Exception as e:
             self.rounds_failed += 1
             self.last_error = f"round at {now:.0f}: {e!r}"
             log.exception("%s: round failed", self.opts.app)
+            if self.controller is not None:
+                # In the log too, so a gap in the decisions is explained next to them;
+                # the backend's errors of the round (stages an outage cut off) follow it.
+                self.controller.log.write("round_failed", {
+                    "round": attempted, "time": now,
+                    "error": f"{type(e).__name__}: {e}"[:1000]})
+                self._drain_backend_events()
+            # Whatever part of this round's action reached Serve, the next observation
+            # adopts it (RayServeBackend.apply), so the intent is settled.
+            self.intent_path.unlink(missing_ok=True)
             return None
         finally:
             self.cpu_s += time.thread_time() - cpu0
@@ -194,6 +254,7 @@ class LiveLoop:
         write_json_atomic(self.state_path, {"version": STATE_VERSION, "app": self.opts.app,
                                             "policy": self.policy_name, "saved_at": now,
                                             "controller": self.controller.state()})
+        self.intent_path.unlink(missing_ok=True)  # only now: the saved state covers it
         with self._lock:
             self.rounds_ok += 1
             self.decide_ms += d.timings_ms.get("decide", 0.0)
@@ -247,10 +308,16 @@ class LiveLoop:
             "data_dir": str(self.dir), "rounds": c.rounds if c else 0,
             "rounds_ok": self.rounds_ok, "rounds_failed": self.rounds_failed,
             "restored_round": self.restored_round,
+            # rounds a crash cut off between applying and saving, treated as applied
+            "interrupted_rounds": self.interrupted_rounds,
             "probes": c.probes if c else 0, "noops": c.noops if c else 0,
             "policy_failures": c.policy_failures if c else 0,
             "stored": c.stored if c else 0, "memory_size": len(mem) if mem is not None else 0,
             "epsilon": self.controller.epsilon.epsilon if self.controller else None,
+            "learns": self.learns,
+            # the reward of the action before the last decision, with its SPEC 3 terms
+            "last_reward": (self.controller.last_reward.to_dict()
+                            if self.controller and self.controller.last_reward else None),
             "decision_interval_s": self.cfg.loop.decision_interval_s,
             "last_error": self.last_error, "last_decision": last,
             "external_changes": list(self.external)[-10:],
@@ -271,6 +338,45 @@ class LiveLoop:
             self.controller.close()
             if self.controller.memory is not None:
                 self.controller.memory.close()
+
+
+class _JournaledBackend:
+    """The backend as the controller sees it, with a write-ahead record of each apply.
+
+    Before an action goes to the backend, the round, its time, the allocation it starts
+    from and its targets are written atomically to `path`; the loop removes the file once
+    the round's state is saved. A file still there at start-up means the previous run
+    died between acting and saving, which `LiveLoop._resolve_interrupted` settles.
+    Everything else is passed through.
+    """
+
+    def __init__(self, inner: Any, path: Path, round_no: Callable[[], int]) -> None:
+        self._inner = inner
+        self._path = path
+        self._round_no = round_no
+        self._before: dict[str, StageAllocation] = {}
+
+    @property
+    def pipeline(self) -> PipelineSpec:
+        return self._inner.pipeline
+
+    def observe(self, start: float, end: float) -> Any:
+        ctx = self._inner.observe(start, end)
+        self._before = dict(ctx.allocation)
+        return ctx
+
+    def apply(self, target: Mapping[str, StageAllocation], now: float) -> None:
+        write_json_atomic(self._path, {
+            "round": self._round_no(), "time": now,
+            "before": {k: asdict(v) for k, v in self._before.items() if k in target},
+            "targets": {k: asdict(v) for k, v in target.items()}})
+        self._inner.apply(target, now)
+
+    def free_resources(self) -> Any:
+        return self._inner.free_resources()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _ray_serve_backend(opts: LiveOptions) -> Any:

@@ -13,11 +13,20 @@ stdout protocol, one line each, flushed:
     start <round> <experiences in memory>
     ack <id>          an experience is durable (ExperienceMemory.add returned)
     round <n>         round n is done and its state saved
+
+    python -m tests.reliability.crash_child --live DIR
+
+Runs the live loop (`LiveLoop`, threshold policy) on the simulator instead, and stops
+dead inside the first action's `apply`, after the simulator has taken it: the place
+where a kill leaves an action applied but its round unsaved. Prints `applied <time>`
+there and waits to be killed.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +34,7 @@ from sair_ray.backends.sim import SimBackend
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
 from sair_ray.embedding import phi_dim
+from sair_ray.live.loop import LiveLoop, LiveOptions
 from sair_ray.live.paths import read_json, write_json_atomic
 from sair_ray.memory import ExperienceMemory
 from sair_ray.policy import make_policy
@@ -69,5 +79,31 @@ def main(d: Path, rounds: int) -> None:
     mem.close()
 
 
+LIVE_CFG = {"loop": {"decision_interval_s": 10, "settle_s": 2},
+            "validator": {"cooldown_up_s": 120, "cooldown_down_s": 120}}
+
+
+def live_options(d: Path) -> LiveOptions:
+    return LiveOptions(app="image_classification", config=LIVE_CFG, policy="threshold",
+                       data_dir=str(d))
+
+
+class _StopsInApply(SimBackend):
+    def apply(self, target: Mapping[str, StageAllocation], now: float) -> None:
+        super().apply(target, now)
+        print(f"applied {now!r}", flush=True)
+        time.sleep(600)
+
+
+def main_live(d: Path) -> None:
+    loop = LiveLoop(live_options(d), backend_factory=lambda o: _StopsInApply(o.app, seed=3))
+    for t in range(10, 600, 10):
+        loop.round(float(t))
+        print(f"round {t}", flush=True)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    if sys.argv[1] == "--live":
+        main_live(Path(sys.argv[2]))
+    else:
+        main(Path(sys.argv[1]), int(sys.argv[2]))

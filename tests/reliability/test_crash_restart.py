@@ -99,3 +99,50 @@ def test_killed_controller_restarts_without_losing_acknowledged_experience(tmp_p
     repeats = sum(1 for a, b in zip(rounds, rounds[1:], strict=False) if b <= a)
     assert repeats <= len(KILL_AFTER_ACKS)
     assert rounds[-1] == runs[-1][2]
+
+
+def test_killed_inside_apply_the_action_counts_as_applied_after_restart(tmp_path: Path):
+    """SIGKILL while the action is being applied (the backend has taken it, the round's
+    state is not saved). The restarted loop finds the intent the dead one wrote before
+    applying, so the action's cooldowns run from its round and its round number is not
+    reused; the live version, with a real Serve app and the detached actor, is
+    test_controller_kill_live.py."""
+    from sair_ray.backends.sim import SimBackend
+    from sair_ray.live.loop import LiveLoop
+    from tests.reliability.crash_child import live_options
+
+    proc = subprocess.Popen([sys.executable, "-m", "tests.reliability.crash_child", "--live",
+                             str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    applied_at = None
+    rounds_done = 0
+    for line in proc.stdout:
+        if line.startswith("applied"):
+            applied_at = float(line.split()[1])
+            break
+        rounds_done += line.startswith("round")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert applied_at is not None
+    d = tmp_path / "image_classification"
+    intent = read_json(d / "applying.json")
+    assert intent["round"] == rounds_done and intent["time"] == applied_at
+
+    # The restarted simulator is back at its initial allocation, so the policy asks for
+    # the same step again at once; the validator must refuse it for its cooldown.
+    loop = LiveLoop(live_options(tmp_path), backend_factory=lambda o: SimBackend(o.app, seed=3))
+    assert loop.setup()
+    up = {k for k, v in intent["targets"].items()
+          if v["replicas"] > intent["before"][k]["replicas"]}
+    assert up, intent
+    assert all(loop.controller.validator.cooldowns.last_up[s] == applied_at for s in up)
+    dec = loop.round(applied_at + 10)
+    assert dec is not None and dec.round == rounds_done + 1
+    assert not any(dec.action.get(s, {}).get("replicas", 0) > 0 for s in up), dec.action
+    assert any("cooldown" in c["reason"] for c in dec.clamps)
+    loop.close()
+    assert not (d / "applying.json").exists()
+    log = list(DecisionLog.read(d / "decisions.jsonl"))
+    interrupted = [r for r in log if r["kind"] == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["round"] == rounds_done
+    assert rounds_done not in [r["round"] for r in log if r["kind"] == "decision"]

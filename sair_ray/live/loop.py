@@ -15,7 +15,6 @@ for setting up: an app that is still deploying is retried every round.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -383,12 +382,3 @@ def _ray_serve_backend(opts: LiveOptions) -> Any:
     from sair_ray.backends.ray_serve import RayServeBackend
 
     return RayServeBackend(opts.app, profile=opts.profile, dashboard_url=opts.dashboard_url)
-
-
-def finite(x: Any) -> float | None:
-    """JSON/display helper: a finite float or None."""
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

@@ -172,19 +172,11 @@ def bench(
     scores the bottleneck analyser, --log-dir keeps each run's decision log."""
     import shlex
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from sair_ray.bench import APPS, DEFAULT_METHODS, PATTERNS, BenchError, build_grid, run_grid
     from sair_ray.bench.grid import ABLATION_APP, build_ablation_grid
     from sair_ray.bench.report import to_markdown, write_outputs
     from sair_ray.bench.tuned import TUNED, load_tuned
+    from sair_ray.progress import progress_bar
 
     command = shlex.join(["sair", *sys.argv[1:]]) if Path(sys.argv[0]).name == "sair" else ""
     modes = [name for name, on in (("--sweep", sweep), ("--ablation", bool(ablation)),
@@ -222,9 +214,7 @@ def bench(
     except (BenchError, ValueError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                  console=err) as progress:
+    with progress_bar(err) as progress:
         task = progress.add_task("sweep" if sweep else "bench", total=len(grid))
 
         def advance(sc: object, row: object) -> None:

@@ -67,14 +67,7 @@ def load(
     import asyncio
     import signal
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
     from sair_ray.loadgen import (
         LoadRunner,
@@ -86,6 +79,7 @@ def load(
         workload_from_options,
         write_results,
     )
+    from sair_ray.progress import progress_bar
     from sair_ray.sim.workloads import WorkloadError, load_workload
 
     is_url = target.startswith(("http://", "https://"))
@@ -112,10 +106,8 @@ def load(
     err.print(f"{len(plan)} requests planned over {duration:g} s ({plan.workload}) -> {url}")
 
     interrupted = False
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("ok {task.fields[ok]} err {task.fields[bad]}"),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                  console=err) as progress:
+    with progress_bar(err, TextColumn("ok {task.fields[ok]} err {task.fields[bad]}")) \
+            as progress:
         task = progress.add_task("load", total=len(plan), ok=0, bad=0)
         tally = {"ok": 0, "bad": 0}
 

@@ -193,6 +193,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path,
     if settings:
         settings = "Baseline settings (tuned per app by the sweep, see bench/tuned.py):\n\n" \
                    + settings + "\n"
+    vs = versus_markdown(rows)
     paths["markdown"].write_text(
         head + "Means over seeds (escapes: sum over seeds). SLA attainment: completed "
         "requests within the SLA / completed requests (drops excluded, see the drops "
@@ -200,6 +201,5 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path,
         "1 000 completed requests. replicas: sum over stages of the mean replicas per "
         "stage. decide: the policy's decision time per round that asked it.\n\n"
         + settings + to_markdown(rows)
-        + ("\n## SAIR against the deployable baselines\n\n" + versus_markdown(rows)
-           if versus(rows) else ""))
+        + ("\n## SAIR against the deployable baselines\n\n" + vs if vs else ""))
     return paths

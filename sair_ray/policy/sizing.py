@@ -55,7 +55,12 @@ class StageNeed:
     peak_p99_full_ms: float = 0.0  # GPU: the largest stage p99 seen, at full rate
 
 
-def _demand(s: StageObservation, arrival_rate: float, queue: float) -> tuple[float, float]:
+def _load(s: StageObservation, arrival_rate: float) -> float:
+    """Requests per second the stage must carry: arrivals and its backlog's drain."""
+    return max(arrival_rate, s.throughput_rps) + max(s.queue, 0.0) / DRAIN_S
+
+
+def _demand(s: StageObservation, arrival_rate: float) -> tuple[float, float]:
     """(per-replica capacity in req/s at full rate, replicas needed at U_TARGET)."""
     busy = max(s.util, 0.0) * s.replicas
     if s.throughput_rps <= 0 or busy < MIN_BUSY or s.replicas < 1:
@@ -63,8 +68,7 @@ def _demand(s: StageObservation, arrival_rate: float, queue: float) -> tuple[flo
     mu = s.throughput_rps / busy
     if s.kind == StageKind.GPU:
         mu /= max(s.rate, 1e-3)
-    load = max(arrival_rate, s.throughput_rps) + max(queue, 0.0) / DRAIN_S
-    return mu, load / (mu * U_TARGET)
+    return mu, _load(s, arrival_rate) / (mu * U_TARGET)
 
 
 def needs(ctx: Context, history: Sequence[Context] = ()) -> dict[str, StageNeed]:
@@ -72,7 +76,7 @@ def needs(ctx: Context, history: Sequence[Context] = ()) -> dict[str, StageNeed]
     are left out."""
     out: dict[str, StageNeed] = {}
     for s in ctx.stages:
-        mu, demand = _demand(s, ctx.arrival_rate, s.queue)
+        mu, demand = _demand(s, ctx.arrival_rate)
         if not math.isfinite(demand):
             continue
         peak, p99_full = demand, _p99_full(s)
@@ -85,8 +89,7 @@ def needs(ctx: Context, history: Sequence[Context] = ()) -> dict[str, StageNeed]
                 continue
             # past load on today's capacity estimate: the capacity of a replica changes
             # with its allocation, the work a request needs does not
-            load = max(past.arrival_rate, p.throughput_rps) + max(p.queue, 0.0) / DRAIN_S
-            peak = max(peak, load / (mu * U_TARGET))
+            peak = max(peak, _load(p, past.arrival_rate) / (mu * U_TARGET))
             p99_full = max(p99_full, _p99_full(p))
         out[s.name] = StageNeed(s.name, mu, demand, peak, p99_full)
     return out

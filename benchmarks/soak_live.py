@@ -183,8 +183,12 @@ def soak(minutes: float = 10.0, rate: float = 2.0, interval_s: float = 10.0,
         offsets = [k * sample_s for k in range(int(duration // sample_s) + 1)
                    if k * sample_s < duration] + [duration]
         last = t0
-        for offset in offsets:
+        for i, offset in enumerate(offsets):
             time.sleep(max(0.0, t0 + offset - time.time()))
+            if i == len(offsets) - 1:
+                # the plan is all sent by now; the last sample waits for the requests still
+                # in flight, so it counts every answer
+                load.join(120)
             now = time.time()
             st = handle.status()
             done = list(answered)
@@ -203,7 +207,6 @@ def soak(minutes: float = 10.0, rate: float = 2.0, interval_s: float = 10.0,
             samples.append(sample)
             say(" ".join(f"{k}={v}" for k, v in asdict(sample).items()))
             last = now
-        load.join(120)
         final = handle.status()
         result = SoakResult(samples, growth(samples), opts)
         done = list(answered)

@@ -4,31 +4,56 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# Extras the test suite needs. torch comes pinned through the `apps` extra.
-TEST_EXTRAS ?= dev,apps,local-llm,k8s
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(TEST_EXTRAS))
-comma  := ,
+# Extras the test suite and the demo need; requirements/test.txt locks every package they
+# pull in (direct and transitive, with hashes). `make lock` refreshes it: an upgrade is a
+# reviewed diff of that file, never an accident of the day. pyproject.toml keeps
+# compatible ranges for library users.
+TEST_EXTRAS := dev,apps,local-llm,k8s
+LOCK   := requirements/test.txt
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.7.0
+STAMP  := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: test lint venv demo bench-core docs audit clean
+.PHONY: test test-random lint venv lock demo bench-core docs audit clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (SAIR needs Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	# torch first and pinned: anything unpinned would pull the CUDA build.
-	$(PIP) install --quiet "torch==2.13.0"
-	# llama-cpp-python ships no Linux wheels on PyPI: it compiles (~4 min on 2 cores).
+	$(PIP) install --quiet "pip==$(PIP_VERSION)"
+	# Everything from the lock, hash-checked, nothing resolved. torch is locked to its CPU
+	# build (2.13.0+cpu; elsewhere than here pip finds it on PyTorch's CPU wheel index).
+	# llama-cpp-python ships no Linux wheels on PyPI: it compiles (~4 min on 2 cores);
 	# GGML_NATIVE=OFF keeps the binary portable across the CPUs a venv may be copied to.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-	  $(PIP) install --quiet -e ".[$(TEST_EXTRAS)]"
+	  $(PIP) install --quiet --require-hashes --no-deps -r $(LOCK)
+	# The project itself, built with the locked setuptools, its dependencies already there.
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) check
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Bring the lock in line with pyproject.toml, keeping every pin it can (needs the package
+# index); `make lock LOCK_ARGS=--upgrade` takes the newest releases the ranges allow.
+# pip-tools lives in its own venv so that it never ends up in the locked one.
+LOCK_TOOLS := $(VENV)/lock-tools
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && \
+	  $(LOCK_TOOLS)/bin/python -m pip install --quiet "pip==$(PIP_VERSION)" \
+	    "pip-tools==$(PIP_TOOLS_VERSION)"; }
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet $(LOCK_ARGS) \
+	  --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links \
+	  --no-emit-index-url --extra $(TEST_EXTRAS) -o $(LOCK) pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The suite in shuffled order: modules shuffled, then the tests within each (a new seed
+# each run, printed at the top; repeat one with PYTEST_ARGS=--random-order-seed=N).
+test-random: $(STAMP)
+	$(PY) -m pytest -q --random-order-bucket=module $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,6 +26,9 @@ def demo(
     port: Annotated[int, typer.Option(help="Serve HTTP port.")] = 8000,
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path(
         "runs/demo"),
+    check: Annotated[bool, typer.Option(
+        "--check", help="Exit 1 if any request got no answer or the report page is missing "
+        "(CI's smoke test).")] = False,
 ) -> None:
     """Start local Ray, deploy image_classification with SAIR attached, drive a burst
     workload with a live table, write the `sair report` HTML page of the run and a summary
@@ -33,7 +36,7 @@ def demo(
     import logging
 
     from sair_ray.baselines import BASELINES
-    from sair_ray.live.demo import DemoOptions, run_demo
+    from sair_ray.live.demo import DemoOptions, check_summary, run_demo
     from sair_ray.policy import SAIR_POLICIES
 
     if policy not in SAIR_POLICIES + tuple(BASELINES):
@@ -51,3 +54,10 @@ def demo(
     html = report.with_name("report.html")
     out.print(f"report -> {html} (figures), {report} (load and decisions)" if html.exists()
               else f"report -> {report}")
+    if check:
+        problems = check_summary(report.parent)
+        for p in problems:
+            err.print(f"[red]check failed:[/red] {p}")
+        if problems:
+            raise typer.Exit(1)
+        out.print("check passed: every request answered, report written")

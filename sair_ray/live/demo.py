@@ -332,7 +332,35 @@ def write_report(out: Path, opts: DemoOptions, samples: list[Sample], t0: float,
               "`sair-data/` (memory, state, decision log)."]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
+    # The machine-readable verdict, read by `sair demo --check` (and so by CI).
+    (out / "summary.json").write_text(json.dumps({
+        "app": APP, "policy": status.get("policy"), "interrupted": interrupted,
+        "planned": summary.planned, "sent": summary.sent, "answered": answered,
+        "ok": c.get("ok", 0), "p99_ms": summary.p99_ms, "sla_ms": sla_ms,
+        "rounds_ok": status.get("rounds_ok", 0),
+        "rounds_failed": status.get("rounds_failed", 0),
+        "report_html": html.name if html else None}, indent=1, default=str))
     return report
+
+
+def check_summary(out: Path) -> list[str]:
+    """What makes a demo run a failure, from its summary.json: a request that got no
+    answer, load that was not all sent, or a missing report page. Empty when it passed."""
+    path = out / "summary.json"
+    if not path.exists():
+        return [f"no {path} (the run did not finish)"]
+    s = json.loads(path.read_text())
+    problems = []
+    if s["interrupted"]:
+        problems.append("the run was interrupted")
+    if s["sent"] != s["planned"]:
+        problems.append(f"{s['planned'] - s['sent']} of {s['planned']} planned requests "
+                        "were not sent")
+    if s["answered"] != s["sent"]:
+        problems.append(f"{s['sent'] - s['answered']} of {s['sent']} requests got no answer")
+    if not s["report_html"] or not (out / s["report_html"]).exists():
+        problems.append("report.html was not written")
+    return problems
 
 
 def _html_report(log_path: Path, out: Path) -> Path | None:

@@ -38,3 +38,25 @@ def test_demo_writes_the_shared_html_report_and_its_summary(tmp_path):
     scaled = [d for d in decisions if any(a.get("replicas") for a in d["action"].values())]
     assert scaled and all(f"| {d['round']} |" in text for d in scaled)
     assert (out / "timeline.csv").read_text().count("\n") == 1 + len(samples)
+    from sair_ray.live.demo import check_summary
+    assert check_summary(out) == []  # every request answered, page written
+
+
+def test_demo_check_fails_on_a_lost_request_or_a_missing_page(tmp_path):
+    """`sair demo --check` (CI's smoke test) passes only when every sent request was
+    answered and the report page exists."""
+    import json
+
+    from sair_ray.live.demo import check_summary
+
+    assert check_summary(tmp_path) == [f"no {tmp_path / 'summary.json'} (the run did not finish)"]
+    good = {"interrupted": False, "planned": 20, "sent": 20, "answered": 20,
+            "report_html": "report.html"}
+    (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "summary.json").write_text(json.dumps(good))
+    assert check_summary(tmp_path) == []
+    (tmp_path / "summary.json").write_text(json.dumps({**good, "answered": 19}))
+    assert check_summary(tmp_path) == ["1 of 20 requests got no answer"]
+    (tmp_path / "report.html").unlink()
+    (tmp_path / "summary.json").write_text(json.dumps(good))
+    assert check_summary(tmp_path) == ["report.html was not written"]

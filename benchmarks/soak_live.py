@@ -98,7 +98,8 @@ def actor_pid(name: str, namespace: str) -> int:
     actor = ray.get_actor(name, namespace=namespace)
     from ray.util.state import get_actor
 
-    state = get_actor(actor._actor_id.hex())
+    # This driver's own cluster, by address: never whichever Ray the state API finds.
+    state = get_actor(actor._actor_id.hex(), address=ray.get_runtime_context().gcs_address)
     if state is None or not state.pid:
         raise RuntimeError(f"no process known for actor {name!r}")
     return int(state.pid)

@@ -1,48 +1,20 @@
-"""Live-test helpers: a private Ray cluster with the dashboard, deploying a Serve config,
-and an open-loop HTTP load driver that accounts for every request it sends."""
+"""Live-test helpers: deploying the tiny pipeline's Serve config (on a private Ray from
+tests/ray_harness.py), and an open-loop HTTP load driver that accounts for every request
+it sends."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from tests.ray_harness import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-DASHBOARD_PORT = 8365
-HTTP_PORT = 8200  # the serve_apps tests use 8100
-_BOOTSTRAP = Path("/tmp/ray/ray_current_cluster")
-
-
-@contextlib.contextmanager
-def ray_cluster(num_cpus: int = 4) -> Iterator[object]:
-    """A head node owned by this process (processes killed on exit), with the dashboard
-    on DASHBOARD_PORT. The driver connects explicitly to its address; the cluster's entry
-    in /tmp/ray/ray_current_cluster is removed again so that other drivers on this
-    machine do not auto-connect to it."""
-    from ray.cluster_utils import Cluster
-
-    before = _BOOTSTRAP.read_text() if _BOOTSTRAP.exists() else None
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": num_cpus, "include_dashboard": True, "dashboard_port": DASHBOARD_PORT,
-        "dashboard_host": "127.0.0.1", "temp_dir": f"/tmp/sair-it-{os.getpid()}",
-        "object_store_memory": 200 * 1024 * 1024})
-    if before is None:
-        _BOOTSTRAP.unlink(missing_ok=True)
-    else:
-        _BOOTSTRAP.write_text(before)
-    try:
-        yield cluster
-    finally:
-        import ray
-
-        ray.shutdown()
-        cluster.shutdown()
+HTTP_PORT = free_port()  # Serve's HTTP proxy for the tiny pipeline
 
 
 def tiny_config(*, pre_ms: float = 100, external_scaler: bool = True, name: str =

@@ -14,19 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.live.helpers import (
-    DASHBOARD_PORT,
-    HTTP_PORT,
-    drive,
-    ray_cluster,
-    tiny_config,
-    wait_running,
-)
+from tests.live.helpers import HTTP_PORT, drive, tiny_config, wait_running
+from tests.ray_harness import private_ray
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("aiohttp")
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One scenario in steps that build on each other: shuffled with the other modules, never
+# within this one (`make test-random`).
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.random_order(disabled=True)]
 
 APP = "tiny_pipeline"
 PROFILE = str(Path(__file__).parent / "fixtures" / "tiny_pipeline.yaml")
@@ -38,13 +35,10 @@ URL = f"http://127.0.0.1:{HTTP_PORT}/{APP}?x=1"
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
-    import ray
-
     from sair_ray.backends.ray_serve import ServeAdmin
 
-    with ray_cluster() as cluster:
-        ray.init(address=cluster.address, log_to_driver=False)
-        admin = ServeAdmin(f"127.0.0.1:{DASHBOARD_PORT}", timeout_s=180)  # starts Serve
+    with private_ray(4, dashboard=True) as cluster:
+        admin = ServeAdmin(cluster.dashboard, timeout_s=180)  # starts Serve
         admin.deploy(tiny_config())
         wait_running(admin, APP)
         yield {"cluster": cluster, "admin": admin,
@@ -118,7 +112,7 @@ def test_controller_outlives_driver_and_resumes_after_crash(live) -> None:
     rounds = live["handle"].status()["rounds"]
     ray.shutdown()  # the driver that attached goes away
     time.sleep(2 * INTERVAL)
-    ray.init(address=live["cluster"].address, log_to_driver=False)
+    ray.init(address=live["cluster"].address, log_to_driver=False, logging_level="ERROR")
     handle = get_handle(APP)
     assert handle is not None and handle.status()["rounds"] > rounds
     # crash the actor process: Ray re-creates it, and it resumes from state.json

@@ -3,7 +3,7 @@ with the dashboard, and an HTTP forwarder in front of the dashboard that a test 
 down, bring back, or make hold a reply.
 
 The apps run on CPU and reserve no Ray memory (two cores are shared by everything here);
-each test file serves HTTP on its own port so two files never collide.
+each test file serves HTTP on a free port of its own (tests/ray_harness.free_port).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.ray_harness import private_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "image_classification"
@@ -45,28 +47,18 @@ def serve_config(http_port: int) -> dict[str, Any]:
 def served_app(http_port: int, num_cpus: int = 8) -> Iterator[Served]:
     """Local Ray (dashboard on), image_classification deployed from its serve config
     (declarative, external scaler on), everything shut down on exit."""
-    import ray
-
-    from sair_ray.backends.ray_serve import ServeAdmin, discover_dashboard_url
+    from sair_ray.backends.ray_serve import ServeAdmin
     from sair_ray.observe import drop_aggregator
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-             dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
-    try:
-        dashboard = discover_dashboard_url()
-        admin = ServeAdmin(dashboard, timeout_s=180)   # the first PUT starts Serve
-        admin.deploy(serve_config(http_port))
-        wait_for(lambda: admin.details().get("applications", {}).get(APP, {})
-                 .get("status") == "RUNNING", 240, f"{APP} RUNNING")
-        yield Served(dashboard, f"http://127.0.0.1:{http_port}/{APP}", admin)
-    finally:
+    with private_ray(num_cpus, dashboard=True) as ray_:
         try:
-            from ray import serve
-
-            serve.shutdown()
-            drop_aggregator(APP)
+            admin = ServeAdmin(ray_.dashboard, timeout_s=180)   # the first PUT starts Serve
+            admin.deploy(serve_config(http_port))
+            wait_for(lambda: admin.details().get("applications", {}).get(APP, {})
+                     .get("status") == "RUNNING", 240, f"{APP} RUNNING")
+            yield Served(ray_.dashboard, f"http://127.0.0.1:{http_port}/{APP}", admin)
         finally:
-            ray.shutdown()
+            drop_aggregator(APP)
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.5) -> Any:

@@ -30,6 +30,7 @@ from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
 from sair_ray.live.paths import app_data_dir, read_json
 from sair_ray.memory import ExperienceMemory
+from tests.ray_harness import free_port
 from tests.reliability.live_faults import (
     APP,
     DashboardProxy,
@@ -45,7 +46,7 @@ pytest.importorskip("aiohttp")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-HTTP_PORT = 8320          # test_serving_faults.py: 8310
+HTTP_PORT = free_port()
 INTERVAL = 2.0
 COOLDOWN_S = 300.0        # longer than the test: any second step up would be a repeat
 CFG = {"loop": {"decision_interval_s": INTERVAL, "settle_s": 1},

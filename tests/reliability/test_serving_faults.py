@@ -30,6 +30,7 @@ import pytest
 
 from sair_ray.types import StageAllocation
 from serve_apps.payloads import example_request
+from tests.ray_harness import free_port
 from tests.reliability.live_faults import (
     APP,
     DashboardProxy,
@@ -46,7 +47,7 @@ pytest.importorskip("aiohttp")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-HTTP_PORT = 8310          # tests/serve_apps: 8100, tests/live: 8200
+HTTP_PORT = free_port()
 INTERVAL = 2.0
 # Every experience stored, so the memory visibly grows; no probes, so every action is the
 # policy's and the test knows which replicas SAIR itself started.

@@ -4,7 +4,6 @@ metrics export port, under the names docs/operations.md and the Grafana dashboar
 from __future__ import annotations
 
 import re
-import socket
 import time
 import urllib.request
 import uuid
@@ -13,25 +12,17 @@ import pytest
 
 from sair_ray.metrics_export import MetricsExporter
 from sair_ray.reward import TERMS
+from tests.ray_harness import free_port, private_ray
 from tests.report.test_metrics_export import _controller
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_metrics_are_scraped_from_ray(tmp_path):
-    ray = pytest.importorskip("ray")
-    port = _free_port()
+    pytest.importorskip("ray")
+    port = free_port()
     app = f"prom-{uuid.uuid4().hex[:8]}"
-    # address="local": a new node owned by this test, never someone else's cluster
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-             _metrics_export_port=port)
-    try:
+    with private_ray(1, metrics_export_port=port):
         backend, ctl, mem = _controller(tmp_path)
         # a tag no other test uses: metric objects made earlier in this process (the
         # exporter tests without Ray) flush their records into this node too
@@ -62,8 +53,6 @@ def test_metrics_are_scraped_from_ray(tmp_path):
                     text = r.read().decode()
             except OSError:
                 continue
-    finally:
-        ray.shutdown()
 
     def value(metric: str, **tags: str) -> float:
         for line in text.splitlines():

@@ -23,6 +23,7 @@ from sair_ray.report import load
 from sair_ray.report.records import LogReader
 from sair_ray.report.status_view import from_log, from_status, render
 from sair_ray.reward import TERMS
+from tests.ray_harness import private_ray
 from tests.report.conftest import ROUNDS
 
 runner = CliRunner()
@@ -129,18 +130,17 @@ def test_status_and_top_read_a_real_controller_actor(tmp_path):
     """The live path end to end: a real controller actor on a private Ray node, read by
     `sair status` and `sair top --once` in their own processes. No Serve app runs, so its
     rounds fail and retry: the view must say so, not crash."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from sair_ray.live import attach
 
     app_name = f"status-{uuid.uuid4().hex[:6]}"
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    with private_ray(1) as ray_:
         handle = attach(app_name, {"loop": {"decision_interval_s": 1}}, "threshold",
                         data_dir=tmp_path, check=False, timeout_s=120)
         deadline = time.monotonic() + 60
         while handle.status()["rounds_failed"] < 1 and time.monotonic() < deadline:
             time.sleep(1)
-        address = ray.get_runtime_context().gcs_address
+        address = ray_.address
         outs = {}
         for cmd in (["status", app_name], ["top", app_name, "--once"]):
             r = subprocess.run([sys.executable, "-m", "sair_ray.cli", *cmd, "--address",
@@ -149,8 +149,6 @@ def test_status_and_top_read_a_real_controller_actor(tmp_path):
             assert r.returncode == 0, r.stderr[-2000:]
             outs[cmd[0]] = r.stdout
         handle.stop()
-    finally:
-        ray.shutdown()
     for text in outs.values():
         assert f"SAIR · {app_name}" in text and "policy threshold · 0 rounds" in text
         assert "last error: setup:" in text and "no decision yet" in text

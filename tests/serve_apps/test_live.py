@@ -1,7 +1,8 @@
 """Real Ray + Serve: deploy the image-classification pipeline, send real HTTP requests,
 and check the answers and what the metrics actor reports per stage.
 
-Serve's HTTP proxy listens on 8100 here (the live-backend tests use 8200)."""
+Ray is private to this module (tests/ray_harness.py); Serve's HTTP proxy listens on a free
+port."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import pytest
 
 from sair_ray.observe import AppWindow, MetricsClient, MetricsUnavailable, drop_aggregator
 from serve_apps.payloads import example_request
+from tests.ray_harness import free_port, private_ray
 
 APP = "image_classification"
-PORT = 8100
+PORT = free_port()
 URL = f"http://127.0.0.1:{PORT}/{APP}"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
@@ -27,21 +29,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400
 
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[str]:
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from ray import serve
 
     from serve_apps import image_classification
 
     # 6 logical CPUs: the profile asks 1 + 2 + 1 for the three stages (2 real cores here).
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        image_classification.run({"device": "cpu"})
-        yield URL
-    finally:
-        serve.shutdown()
-        drop_aggregator(APP)
-        ray.shutdown()
+    with private_ray(6):
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+            image_classification.run({"device": "cpu"})
+            yield URL
+        finally:
+            drop_aggregator(APP)
 
 
 def post(body: bytes, timeout: float = 60) -> tuple[int, dict]:

@@ -1,6 +1,12 @@
 """SAIR: an LLM in-context-RL autoscaler for multi-stage ML inference pipelines."""
 
-from sair_ray.config import ConfigError, SAIRConfig
+# First, before any submodule can import DSPy, LiteLLM or Ray: their own network fetches
+# off (sair_ray/offline.py says which and why).
+from sair_ray import offline
+
+offline.apply()
+
+from sair_ray.config import ConfigError, SAIRConfig  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "SAIRConfig", "__version__", "attach"]

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sair_ray import offline
+
 out = Console()
 err = Console(stderr=True)
 
@@ -74,8 +76,11 @@ def serve(
         fail(f"unknown --backend {backend!r}; choose llamacpp or vllm")
         raise typer.Exit(2)
     out.print(f"serving the policy model on http://{host}:{port}/v1 ({backend}); Ctrl-C stops")
+    # vLLM downloads the model the user named from the Hugging Face Hub: give it the
+    # environment without SAIR's own offline switches (sair_ray/offline.py).
+    env = offline.user_environ() if backend == "vllm" else None
     try:
-        raise typer.Exit(subprocess.call(cmd))
+        raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -121,11 +126,12 @@ def check(
     reply = policy.decide(req)
     took = time.perf_counter() - t0
     out.print(f"reply in {took:.2f} s, prompt {reply.prompt_chars} chars")
-    out.print(f"raw: {reply.raw[:500]}")
+    # escaped: a label rationale starts with "[fit]", which rich would take for markup
+    out.print(f"raw: {escape(reply.raw[:500])}")
     if reply.error:
         fail(reply.error)
         raise typer.Exit(1)
     val = Validator(pipeline, cfg.validator).validate(reply.proposal, ctx.allocation, now=0.0,
                                                       free=pipeline.cluster)
-    out.print(f"rationale: {reply.rationale}")
+    out.print(f"rationale: {escape(reply.rationale)}")
     out.print(f"validated action: {val.action.to_dict()}")

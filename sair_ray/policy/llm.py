@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Any
 
 from sair_ray.config import SAIRConfig
@@ -65,6 +65,17 @@ targets that keep p99 latency under the SLA at the lowest cost. Imitate the acti
 high-reward episodes in similar states, avoid those of low-reward ones, scale the \
 bottleneck stage first, and hold (action none) when latency is well under the SLA and \
 nothing is saturated."""
+
+
+def _masked(obj: Any, redact: Any) -> Any:
+    """`obj` (JSON-ish) with `redact` applied to every string in it."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {_masked(k, redact): _masked(v, redact) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_masked(v, redact) for v in obj]
+    return obj
 
 
 def _signature(candidates: bool) -> Any:
@@ -150,9 +161,8 @@ class LLMPolicy:
     def _ensure(self) -> None:
         if self._program is not None:
             return
-        # LiteLLM fetches a price list from GitHub on import unless told not to; SAIR runs
-        # offline, and the failed fetch cost ~7 s of retries.
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        # DSPy and LiteLLM fetch price lists and model metadata on their own unless told
+        # not to; `import sair_ray` has told them (sair_ray/offline.py).
         try:
             import dspy
         except ImportError:
@@ -160,7 +170,13 @@ class LLMPolicy:
                 from None
         ep = self._endpoint or resolve(self.cfg.policy, threads=self._threads)
         self._endpoint = ep
+        # The key goes twice: as api_key, which the OpenAI client requires, and as an explicit
+        # per-request header. Request headers take precedence over everything the client
+        # stack adds, and the OpenAI SDK otherwise lets an ambient OPENAI_CUSTOM_HEADERS
+        # "Authorization" replace the configured key (seen with openai 3.63). LiteLLM masks
+        # both in its debug logs; error texts are masked in decide().
         self._lm = dspy.LM(f"openai/{ep.model}", api_base=ep.url, api_key=ep.api_key,
+                           extra_headers={"Authorization": f"Bearer {ep.api_key}"},
                            temperature=self.cfg.policy.temperature, max_tokens=MAX_TOKENS,
                            cache=False, num_retries=0, engine="litellm",
                            timeout=self.cfg.policy.llm_timeout_s)
@@ -237,6 +253,17 @@ class LLMPolicy:
         return pred, self._adapter.last_raw
 
     def decide(self, request: PolicyRequest) -> PolicyReply:
+        reply = self._decide(request)
+        ep = self._endpoint
+        if ep is None or not ep.secret:
+            return reply
+        # Everything in a reply ends up in the decision log and the controller's log lines;
+        # none of it may carry the API key, whatever the server sent back.
+        return replace(reply, proposal=_masked(reply.proposal, ep.redact),
+                       rationale=ep.redact(reply.rationale), raw=ep.redact(reply.raw),
+                       error=ep.redact(reply.error))
+
+    def _decide(self, request: PolicyRequest) -> PolicyReply:
         try:
             self._ensure()
         except LMUnavailable as e:
@@ -260,9 +287,11 @@ class LLMPolicy:
             return PolicyReply(proposal=None, error=f"LLM late: no reply within "
                                f"{self.cfg.policy.llm_timeout_s:g} s")
         except Exception as e:  # endpoint down, HTTP error, timeout inside LiteLLM
+            # masked before it is cut, so that no prefix of the key survives the cut
             return PolicyReply(proposal=None, error=f"LLM call failed: {e.__class__.__name__}: "
-                               f"{str(e)[:300]}")
+                               f"{self._endpoint.redact(str(e))[:300]}")
         self.last_prompt_chars = self._adapter.last_prompt_chars or self.last_prompt_chars
+        raw = self._endpoint.redact(raw)  # the reply goes into the decision log verbatim
         log.debug("LLM decision in %.2f s: %s", time.perf_counter() - t0, raw[:200])
         reply = {"action": pred.action, "rationale": pred.rationale} if pred is not None \
             else raw

@@ -10,7 +10,9 @@ Every backend is reached the same way (DSPy -> LiteLLM -> `POST {url}/chat/compl
   With `policy.url` set, an already running llama.cpp server is used instead.
 - `vllm` / `openai`: any OpenAI-compatible endpoint at `policy.url` (vLLM from
   `sair policy serve --backend vllm`, or a hosted model); the API key is read from the
-  environment variable named by `policy.api_key_env` and never logged.
+  environment variable named by `policy.api_key_env`, sent as `Authorization: Bearer
+  <key>` on every request (`/models` and each chat completion), and masked in everything
+  SAIR logs or records (`Endpoint.redact`).
 """
 
 from __future__ import annotations
@@ -44,12 +46,28 @@ class LMUnavailable(RuntimeError):
     """The policy LLM cannot be reached or started; the message says what to do."""
 
 
+# Keys SAIR sends when it has none to send (the OpenAI client refuses an empty one):
+# not secrets, so not worth masking.
+EMBEDDED_KEY = "sk-local"
+NO_KEY = "sk-none"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     url: str                       # base URL ending in /v1
     model: str
     api_key: str = field(default="", repr=False)   # never printed
     supports_schema: bool = False  # accepts response_format json_schema (grammar decoding)
+
+    @property
+    def secret(self) -> bool:
+        """Whether `api_key` is a real credential, not one of SAIR's placeholders."""
+        return bool(self.api_key) and self.api_key not in (EMBEDDED_KEY, NO_KEY)
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key masked: error messages carry what the server answered,
+        and a server (or a proxy in front of it) may echo the credential it refused."""
+        return text.replace(self.api_key, "***") if self.secret else text
 
 
 def smollm2_path() -> Path:
@@ -166,7 +184,7 @@ def resolve(cfg: PolicyConfig, *, threads: int | None = None) -> Endpoint:
         if not path.is_file():
             raise LMUnavailable(f"policy.model {cfg.model!r} is not a GGUF file")
         srv = embedded_server(path, threads)
-        return Endpoint(srv.url, EMBEDDED_MODEL_NAME, "sk-local", supports_schema=True)
+        return Endpoint(srv.url, EMBEDDED_MODEL_NAME, EMBEDDED_KEY, supports_schema=True)
     if not cfg.url:
         raise LMUnavailable(f"policy.backend {cfg.backend!r} needs policy.url (an "
                             "OpenAI-compatible base URL such as http://host:8000/v1)")
@@ -182,5 +200,5 @@ def resolve(cfg: PolicyConfig, *, threads: int | None = None) -> Endpoint:
             raise LMUnavailable(f"policy.model is empty and {url}/models did not name a "
                                 f"model ({e.__class__.__name__}); set policy.model") from None
     # vLLM and llama.cpp servers decode against a JSON schema; hosted APIs vary.
-    return Endpoint(url, model, key or "sk-none",
+    return Endpoint(url, model, key or NO_KEY,
                     supports_schema=cfg.backend in ("llamacpp", "vllm"))

@@ -1,9 +1,11 @@
 """LLMPolicy through real DSPy + LiteLLM against a real local OpenAI-compatible server:
-good replies, broken replies, late replies, errors and a dead endpoint."""
+good replies, broken replies, late replies, errors and a dead endpoint; the API key on the
+wire and nowhere else."""
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 
@@ -43,8 +45,8 @@ def test_good_reply_is_parsed_and_the_prompt_is_well_formed():
     assert out.proposal == relieve
     assert out.rationale == "[relieve preprocess] scale the bottleneck"
     assert out.prompt_chars > 500 and out.raw.startswith("{")
-    headers, body = srv.requests[-1]  # [0] is the warm-up
-    assert headers["Authorization"] == "Bearer sk-secret"
+    headers, body = srv.requests[-1]  # [0] is the warm-up; this one carries the prompt
+    assert headers["Authorization"] == "Bearer sk-secret"   # names are case-insensitive
     user = body["messages"][-1]["content"]
     # static constraints first (prompt-prefix reuse), then episodes, then the current input
     assert user.index("Physical Constraints") < user.index("Episode (Reward: +0.80 GOOD)") \
@@ -199,3 +201,104 @@ def test_the_first_action_field_wins_over_one_inside_a_broken_rationale():
         srv.behaviour = lambda req: (200, completion(bad), 0.0)
         out = pol.decide(request(ctx=overloaded()))
     assert out.error == "" and out.rationale.startswith("[relieve preprocess]")
+
+
+def test_the_key_named_by_api_key_env_reaches_a_hosted_endpoint_over_ambient_ones(monkeypatch):
+    from sair_ray.policy import make_policy
+
+    key = "sk-mine-0123456789abcdef"
+    monkeypatch.setenv("SAIR_TEST_KEY", key)
+    # what the OpenAI SDK would otherwise send: its own key variable, and a header from the
+    # environment that (openai 3.63) replaces the api_key the client was given
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ambient-variable")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "Authorization: Bearer sk-ambient-header")
+    with serving() as srv:
+        cfg = SAIRConfig().replace(**{"policy.backend": "openai", "policy.url": srv.url,
+                                      "policy.api_key_env": "SAIR_TEST_KEY",
+                                      "policy.llm_timeout_s": 5.0})
+        pol = make_policy("sair", cfg, pipeline=factories.pipeline())
+        srv.behaviour = lambda req: (200, completion(reply("relieve preprocess")), 0.0)
+        out = pol.decide(request(ctx=overloaded()))
+    assert out.error == "" and out.rationale.startswith("[relieve preprocess]")
+    prompt = [h for h, body in srv.requests
+              if "Candidate actions" in body["messages"][-1]["content"]]
+    assert len(prompt) == 1 and prompt[0]["Authorization"] == f"Bearer {key}"
+    assert all(h["Authorization"] == f"Bearer {key}" for h, _ in srv.requests)  # warm-up too
+    # policy.model is empty: the model name is asked for, with the key
+    assert [(path, h["Authorization"]) for path, h in srv.gets] == [
+        ("/v1/models", f"Bearer {key}")]
+
+
+def test_the_key_is_in_no_log_decision_record_or_error(tmp_path, caplog, capsys, monkeypatch):
+    """A server that echoes the credential (in an error, in its reply, in garbage) and then
+    dies: the key appears in no log record of any library, nothing printed, no file the
+    controller wrote (decision log, memory) and no reply."""
+    from sair_ray.backends.sim import SimBackend
+    from sair_ray.controller import Controller
+    from sair_ray.embedding import phi_dim
+    from sair_ray.memory import ExperienceMemory
+    from sair_ray.policy import make_policy
+    from sair_ray.sim.workloads import Poisson
+
+    key = "sk-canary-5f3a9c0d1e2b"
+    monkeypatch.setenv("SAIR_TEST_KEY", key)
+    caplog.set_level(logging.DEBUG)          # the root logger: every library's records
+    phase = {"now": "good"}
+
+    def behave(body: dict) -> tuple[int, object, float]:
+        if body.get("max_tokens") == 1:      # the warm-up
+            return 200, completion("{}"), 0.0
+        auth = srv.requests[-1][0]["Authorization"]   # what this request carried
+        first = body["response_format"]["json_schema"]["schema"]["properties"]["action"][
+            "enum"][0]
+        if phase["now"] == "refused":        # as a gateway might word it
+            return 401, {"error": {"message": f"invalid credential: {auth}",
+                                   "type": "invalid_request_error"}}, 0.0
+        if phase["now"] == "echo":           # a valid label, the key in the rationale
+            return 200, completion(reply(first, f"your credential is {auth}")), 0.0
+        if phase["now"] == "garbage":        # no label at all, the key in the text
+            return 200, completion(f"cannot answer, {auth}"), 0.0
+        return 200, completion(reply(first)), 0.0
+
+    cfg = SAIRConfig().replace(**{"policy.backend": "vllm", "policy.model": "m",
+                                  "policy.api_key_env": "SAIR_TEST_KEY",
+                                  "policy.llm_timeout_s": 5.0, "memory.fsync": False,
+                                  "seed": 0})
+    backend = SimBackend("image_classification", Poisson(rate=120.0), seed=0)
+    mem = ExperienceMemory(tmp_path / "mem", phi_dim(len(backend.pipeline.stages)),
+                           cfg.memory)
+    decisions = []
+    with serving() as srv:
+        srv.behaviour = behave
+        cfg = cfg.replace(**{"policy.url": srv.url})
+        ctl = Controller(backend, make_policy("sair", cfg, pipeline=backend.pipeline), cfg,
+                         memory=mem, log_path=str(tmp_path / "decisions.jsonl"), explore=False)
+        now = 0.0
+        for name in ("good", "refused", "echo", "garbage", "good"):
+            phase["now"] = name
+            now += cfg.loop.decision_interval_s
+            backend.advance_to(now)
+            decisions.append(ctl.tick(now))
+    try:
+        now += cfg.loop.decision_interval_s  # the endpoint is gone: connection refused
+        backend.advance_to(now)
+        decisions.append(ctl.tick(now))
+    finally:
+        ctl.close()
+        mem.close()
+    assert all(h["Authorization"] == f"Bearer {key}" for h, _ in srv.requests)
+    errors = [d.error for d in decisions]
+    assert errors[0] == errors[4] == "" and errors[2] == ""
+    assert errors[1].startswith("LLM call failed") and "***" in errors[1]   # masked, not cut
+    assert "names no candidate" in errors[3] and "***" in errors[3]
+    assert errors[5].startswith("LLM call failed")
+    assert "***" in decisions[2].rationale and "***" in decisions[2].raw_reply
+    # LiteLLM's debug records (the request it sends, headers and all) are among those checked
+    assert any(r.name == "LiteLLM" and r.levelno == logging.DEBUG for r in caplog.records)
+    printed = capsys.readouterr()
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert (tmp_path / "decisions.jsonl").stat().st_size > 0
+    for where, text in {"log records": caplog.text, "stdout": printed.out,
+                        "stderr": printed.err, "files": written.decode("latin-1"),
+                        "decisions": repr(decisions)}.items():
+        assert key not in text, f"the API key leaked into {where}"

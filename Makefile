@@ -53,7 +53,7 @@ test: $(STAMP)
 # The suite in shuffled order: modules shuffled, then the tests within each (a new seed
 # each run, printed at the top; repeat one with PYTEST_ARGS=--random-order-seed=N).
 test-random: $(STAMP)
-	$(PY) -m pytest -q --random-order-bucket=module $(PYTEST_ARGS)
+	$(PY) -m pytest --random-order-bucket=module $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""Live side-by-side (issue 5): SAIR against Ray Serve's own autoscaler on the
+"""Live side-by-side: SAIR against Ray Serve's own autoscaler on the
 image_classification pipeline, same load, same replica limit.
 
     .venv/bin/python benchmarks/bench_live_vs_serve.py [--seconds 240] [--out DIR]

@@ -1,4 +1,4 @@
-"""Decision latency of SAIR with the embedded model (issue 4 targets: LLM decision p50 <= 3 s,
+"""Decision latency of SAIR with the embedded model (targets: LLM decision p50 <= 3 s,
 p99 <= 10 s on 2 CPU cores; everything but the LLM call <= 20 ms).
 
 1. Fill an experience memory the way SAIR does, by running the retrieval-only selector with
@@ -27,7 +27,7 @@ from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller, run_virtual
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
-from sair_ray.policy import make_policy
+from sair_ray.registry import make_policy
 from sair_ray.sim.profiles import load_profile
 
 

@@ -1,4 +1,4 @@
-"""Live soak (issue 9.5): SAIR attached to image_classification on a private local Ray for
+"""Live soak: SAIR attached to image_classification on a private local Ray for
 N minutes of Poisson load, watching the memory of the processes that live as long as the
 app does.
 

@@ -1,4 +1,4 @@
-"""Soak on the simulator (issue 9.5): SAIR for a long stretch at 10x the paper's rates, with a
+"""Soak on the simulator: SAIR for a long stretch at 10x the paper's rates, with a
 small memory cap, sampling the process's RSS and the memory's size as it goes.
 
     .venv/bin/python benchmarks/soak_sim.py [--minutes 30] [--scale 10] [--cap 100]
@@ -32,7 +32,7 @@ from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
-from sair_ray.policy import make_policy
+from sair_ray.registry import make_policy
 from sair_ray.sim.profiles import load_profile
 from sair_ray.sim.workloads import Poisson
 

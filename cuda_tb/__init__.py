@@ -2,7 +2,7 @@
 
 SAIR's GPU action is a rate ratio r in [0.1, 1]. The shim (``libcuda_tb.so``)
 intercepts kernel and graph launches in the CUDA driver API and lets through
-r * B_W thread blocks per 10 ms window (SPEC section 8). Each process serves a
+r * B_W thread blocks per 10 ms window (docs/algorithm.md §8). Each process serves a
 Unix socket through which the controller sets r and reads telemetry.
 
 Typical use from a Ray Serve deployment::

@@ -1,4 +1,4 @@
-"""SAIRConfig: every constant of SPEC.md sections 1-9, with its default, range and meaning.
+"""SAIRConfig: every constant of docs/algorithm.md §1-§9, with its default, range and meaning.
 
 The config is a tree of frozen dataclasses. Each field carries its allowed range and a
 one-line help text in its metadata; `from_dict` checks every key against them, so an
@@ -52,7 +52,7 @@ def _opt(default: Any, help: str, lo: float | None = None, hi: float | None = No
 
 @dataclass(frozen=True)
 class LoopConfig(_Validated):
-    """SPEC 1: the decision loop."""
+    """docs/algorithm.md §1: the decision loop."""
 
     _key = "loop"
 
@@ -63,7 +63,8 @@ class LoopConfig(_Validated):
 
 @dataclass(frozen=True)
 class RewardConfig(_Validated):
-    """SPEC 3: reward, Pareto shaping, proactive bonus, positive-only memory filter."""
+    """docs/algorithm.md §3: reward, Pareto shaping, proactive bonus, positive-only memory
+    filter."""
 
     _key = "reward"
 
@@ -81,7 +82,7 @@ class RewardConfig(_Validated):
     bucket_base: float = _opt(
         1.25, "Arrival-rate bucket ratio: b = floor(log(lambda) / log(bucket_base)).",
         1, 100, lo_open=True)
-    cost_model: str = _opt("effective", "Cost rate the reward sees (SPEC 9).",
+    cost_model: str = _opt("effective", "Cost rate the reward sees (docs/algorithm.md §9).",
                            choices=("effective", "billable"))
 
     def _check(self) -> None:
@@ -93,7 +94,7 @@ class RewardConfig(_Validated):
 
 @dataclass(frozen=True)
 class RetrievalConfig(_Validated):
-    """SPEC 4: surprisal-based experience selection."""
+    """docs/algorithm.md §4: surprisal-based experience selection."""
 
     _key = "retrieval"
 
@@ -112,7 +113,7 @@ class RetrievalConfig(_Validated):
 
 @dataclass(frozen=True)
 class MemoryConfig(_Validated):
-    """SPEC 4: experience memory (Parquet + FAISS)."""
+    """docs/algorithm.md §4: experience memory (Parquet + FAISS)."""
 
     _key = "memory"
 
@@ -130,7 +131,7 @@ class MemoryConfig(_Validated):
 
 @dataclass(frozen=True)
 class ExplorationConfig(_Validated):
-    """SPEC 5: epsilon-greedy forced probes."""
+    """docs/algorithm.md §5: epsilon-greedy forced probes."""
 
     _key = "exploration"
 
@@ -138,7 +139,8 @@ class ExplorationConfig(_Validated):
     epsilon_decay: float = _opt(0.95, "Per-round decay factor.", 0, 1)
     epsilon_min: float = _opt(0.05, "Floor of the probe probability.", 0, 1)
     safe: bool = _opt(False, "Probes only add capacity and never resize a stage's only "
-                      "replica (a restart); a production guard, SPEC 5 probes both ways.")
+                      "replica (a restart); a production guard, docs/algorithm.md §5 probes both "
+                      "ways.")
 
     def _check(self) -> None:
         if self.epsilon_min > self.epsilon_0:
@@ -148,7 +150,7 @@ class ExplorationConfig(_Validated):
 
 @dataclass(frozen=True)
 class PolicyConfig(_Validated):
-    """SPEC 6: the policy LLM."""
+    """docs/algorithm.md §6: the policy LLM."""
 
     _key = "policy"
 
@@ -160,7 +162,7 @@ class PolicyConfig(_Validated):
     api_key_env: str = _opt("OPENAI_API_KEY", "Environment variable holding the API key.")
     decoding: str = _opt("candidates", "'candidates': the reply must be one of the round's "
                          "candidate actions (schema-constrained; suits small models); "
-                         "'free': any action in the SPEC 6 schema.",
+                         "'free': any action in the docs/algorithm.md §6 schema.",
                          choices=("candidates", "free"))
     prompt_episodes: int = _opt(0, "Retrieved episodes shown in the prompt (highest "
                                 "selection gain first): 0 = auto (4 for the embedded "
@@ -174,7 +176,7 @@ class PolicyConfig(_Validated):
 
 @dataclass(frozen=True)
 class ValidatorConfig(_Validated):
-    """SPEC 7: the action validator (paper Appendix D)."""
+    """docs/algorithm.md §7: the action validator (paper Appendix D)."""
 
     _key = "validator"
 
@@ -200,7 +202,7 @@ class ValidatorConfig(_Validated):
 
 @dataclass(frozen=True)
 class CostConfig(_Validated):
-    """SPEC 9: prices (AWS on-demand, as in the paper)."""
+    """docs/algorithm.md §9: prices (AWS on-demand, as in the paper)."""
 
     _key = "cost"
 
@@ -211,7 +213,7 @@ class CostConfig(_Validated):
 
 @dataclass(frozen=True)
 class SAIRConfig(_Validated):
-    """The whole configuration. `SAIRConfig()` is exactly the SPEC defaults."""
+    """The whole configuration. `SAIRConfig()` is exactly the defaults of docs/algorithm.md."""
 
     loop: LoopConfig = field(default_factory=LoopConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -265,7 +267,7 @@ class SAIRConfig(_Validated):
         return SAIRConfig.from_dict(data)
 
 
-# Ablations named by SPEC sections 3-4, as dotted overrides of the defaults.
+# Ablations named by docs/algorithm.md §3-§4, as dotted overrides of the defaults.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "no_icl": {"retrieval.K": 0, "retrieval.selector": "none"},
@@ -277,7 +279,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "similarity_only": {"retrieval.selector": "similarity"},
     "random_retrieval": {"retrieval.selector": "random"},
     "global_frontier": {"reward.global_frontier": True},
-    # not a SPEC ablation: the production guard on exploration, measured against SPEC 5
+    # not an ablation of §3-§4: the production guard on exploration, measured against §5
     "safe_exploration": {"exploration.safe": True},
 }
 

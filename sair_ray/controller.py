@@ -1,4 +1,4 @@
-"""The SAIR loop (SPEC 1): one `tick(now)` per decision round, backend-agnostic.
+"""The SAIR loop (docs/algorithm.md §1): one `tick(now)` per decision round, backend-agnostic.
 
 observe -> reward the previous action -> remember -> retrieve -> probe or ask the policy
 -> validate -> act -> log. Time comes from the caller, so the same code runs in virtual
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -97,7 +98,7 @@ class Controller:
         self.last_action_at: float | None = None
         self.history: list[Context] = []
         self._pending: _Pending | None = None
-        # The latest reward with its SPEC 3 terms, for status displays and metrics.
+        # The latest reward with its docs/algorithm.md §3 terms, for status displays and metrics.
         self.last_reward: RewardBreakdown | None = None
         self._perf = perf_clock
 
@@ -234,7 +235,41 @@ class Controller:
         self.reward_model.frontiers = BucketedFrontiers.from_state(state["frontiers"])
         self.validator.cooldowns = Cooldowns.from_dict(state["cooldowns"])
 
+    # -- what a host tells the controller between rounds --------------------------------
+    def hold(self, stages: Iterable[str], now: float) -> None:
+        """Stages someone else just changed (a user's redeploy) are held: their scale-up
+        and scale-down cooldowns start now, as if this controller had made the change, so
+        the next rounds do not undo it right away."""
+        cd = self.validator.cooldowns
+        for stage in stages:
+            cd.last_up[stage] = now
+            cd.last_down[stage] = now
+
+    def resume_interrupted(self, round_no: int, at: float, action: Action,
+                           targets: Mapping[str, Any]) -> bool:
+        """Settle round `round_no`, which a crash cut off after it began applying `action`
+        (to `targets`) at `at`, and before its state was saved; False if the restored state
+        already covers that round. The action may have reached the pipeline, so it counts
+        as applied: its cooldowns start at `at` and the round number is not reused, so the
+        controller neither repeats it nor stacks another step on it at once. Its outcome is
+        not rewarded (it was never acknowledged). The decision log gets an `interrupted`
+        record, since the round's own decision line was never written."""
+        if round_no < self.counters.rounds:
+            return False
+        self.validator.commit(action, at)
+        self.last_action_at = at
+        self.counters.rounds = round_no + 1
+        self.log.write("interrupted", {"round": round_no, "time": at,
+                                       "action": action.to_dict(), "targets": dict(targets)})
+        return True
+
+    def note(self, kind: str, record: Mapping[str, Any]) -> None:
+        """An event of the host's (a failed round, a backend event) in the decision log."""
+        self.log.write(kind, dict(record))
+
     def close(self) -> None:
+        """Close what the controller made: its decision log. Memory and policy belong to
+        whoever built them (`sair_ray.session.Session` closes all three)."""
         self.log.close()
 
 

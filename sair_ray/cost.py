@@ -1,4 +1,4 @@
-"""Cost rates of allocations (SPEC 9), in $ per hour.
+"""Cost rates of allocations (docs/algorithm.md §9), in $ per hour.
 
 Billable: every replica pays its CPU and memory share, and a GPU replica pays for its whole
 GPU(s). Effective: a GPU replica pays only `rate` of its GPU(s), the share a rate-limited
@@ -47,8 +47,3 @@ class CostModel:
         cpus, mem_mb, gpus = min(cpus, c.cpus), min(mem_mb, c.memory_mb), min(gpus, c.gpus)
         return max(cpus * p.cpu_core_per_h + mem_mb / 1024 * p.mem_gb_per_h
                    + gpus * p.gpu_per_h, 1e-9)
-
-
-def per_1000_requests(cost_dollars: float, requests: int) -> float:
-    """$ per 1 000 completed requests (the paper's reporting unit)."""
-    return cost_dollars / requests * 1000 if requests > 0 else float("nan")

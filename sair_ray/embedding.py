@@ -1,4 +1,4 @@
-"""phi(s): the fixed-order float32 vector used for similarity search (SPEC 2).
+"""phi(s): the fixed-order float32 vector used for similarity search (docs/algorithm.md §2).
 
 Layout (stable across versions; memory files store phi as computed, so changing it
 invalidates stored neighbourhoods):
@@ -30,11 +30,6 @@ PHI_VERSION = 1
 
 def phi_dim(n_stages: int) -> int:
     return len(STAGE_FEATURES) * n_stages + len(GLOBAL_FEATURES)
-
-
-def phi_names(pipeline: PipelineSpec) -> list[str]:
-    names = [f"{s.name}.{f}" for s in pipeline.stages for f in STAGE_FEATURES]
-    return names + list(GLOBAL_FEATURES)
 
 
 def _finite(x: float, default: float = 0.0) -> float:

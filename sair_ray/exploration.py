@@ -1,4 +1,4 @@
-"""Forced exploration (SPEC 5): epsilon-greedy probes with a decaying epsilon.
+"""Forced exploration (docs/algorithm.md §5): epsilon-greedy probes with a decaying epsilon.
 
 A probe picks one stage uniformly, one of its action dimensions uniformly, and one
 non-zero step of that dimension uniformly, and is expressed as an absolute-target
@@ -6,7 +6,7 @@ proposal so it goes through the validator like any other action. The step grid p
 dimension is {-max, -max/2, +max/2, +max} of the validator's per-step maximum (replicas:
 {-2, -1, +1, +2} with the defaults).
 
-`exploration.safe` (a production guard, off by default as SPEC 5 probes both ways) keeps
+`exploration.safe` (a production guard, off by default as §5 probes both ways) keeps
 the probes that cannot hurt serving: positive steps only, and no CPU or memory step on a
 stage with a single replica, because a resize is a redeploy that restarts the replica
 (Ray Serve replaces it; a one-replica stage serves nothing meanwhile).

@@ -8,7 +8,7 @@ both. Ray prefixes application metrics with `ray_`: `sair_decisions` is scraped 
 `MetricsExporter.record(decision, controller)` is called once per live round (from
 `sair_ray.live.loop`). The controller's counters are cumulative and survive in no metric
 backend, so the exporter keeps the last snapshot and adds the differences to Ray's
-counters. The reward gauges (total and each SPEC 3 term) are the controller's
+counters. The reward gauges (total and each term of docs/algorithm.md §3) are the controller's
 `last_reward`, set in the round that rewarded the previous action.
 
 Outside a Ray worker or driver the `ray.util.metrics` objects accept and drop records, so
@@ -91,10 +91,11 @@ METRICS: tuple[MetricDef, ...] = (
               boundaries=LATENCY_BUCKETS_MS),
     MetricDef("histogram", "sair_round_ms", "Wall time of one whole round (ms).",
               boundaries=LATENCY_BUCKETS_MS),
-    MetricDef("gauge", "sair_reward", "Reward of the last rewarded action (SPEC 3)."),
+    MetricDef("gauge", "sair_reward", "Reward of the last rewarded action "
+              "(docs/algorithm.md section 3)."),
     MetricDef("gauge", "sair_reward_mean", "Mean reward since the controller started."),
     *(MetricDef("gauge", f"sair_reward_{t}", f"The last reward's {_TERM_MEANING[t]} "
-                "(SPEC 3).") for t in TERMS),
+                "(docs/algorithm.md section 3).") for t in TERMS),
     MetricDef("gauge", "sair_memory_experiences", "Experiences in memory."),
     MetricDef("gauge", "sair_epsilon", "Exploration probability."),
     MetricDef("gauge", "sair_p99_ms", "End-to-end p99 latency SAIR observed this round (ms)."),

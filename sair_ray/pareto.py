@@ -1,4 +1,4 @@
-"""Incremental 2-D Pareto frontiers for (latency, cost), both minimised (SPEC 3).
+"""Incremental 2-D Pareto frontiers for (latency, cost), both minimised (docs/algorithm.md §3).
 
 A frontier is kept sorted by latency ascending, which makes cost strictly descending.
 Dominance of a new point is one binary search; its exact hypervolume contribution only
@@ -104,7 +104,7 @@ class ParetoFrontier:
 
 
 class BucketedFrontiers:
-    """One frontier per arrival-rate bucket b = floor(log(lambda) / log(base)) (SPEC 3).
+    """One frontier per arrival-rate bucket b = floor(log(lambda) / log(base)) (§3).
 
     Quiet-hour outcomes would otherwise dominate every busy-hour one. With `global_=True`
     all outcomes share a single frontier (the paper's literal reading).

@@ -1,4 +1,4 @@
-"""Surprisal-based experience selection (SPEC 4; paper Eq. 8-10).
+"""Surprisal-based experience selection (docs/algorithm.md §4; paper Eq. 8-10).
 
 For a query phi_t:
 1. candidates: the `n_candidates` nearest stored experiences (FAISS);

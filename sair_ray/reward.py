@@ -1,4 +1,4 @@
-"""The SAIR reward (SPEC 3; paper Eq. 4-7, Algorithm 2).
+"""The SAIR reward (docs/algorithm.md §3; paper Eq. 4-7, Algorithm 2).
 
     R = w_L * R_lat + w_C * R_cost - P_sla + R_pareto + B_pro,   clipped to [-3, 3]
 
@@ -17,7 +17,7 @@ from sair_ray.pareto import BucketedFrontiers, ParetoFrontier
 from sair_ray.types import Action
 
 EPS = 1e-9
-# The terms of R in SPEC 3 order, as named in RewardBreakdown (P_sla is subtracted).
+# The terms of R in the order of §3, as named in RewardBreakdown (P_sla is subtracted).
 TERMS = ("r_lat", "r_cost", "p_sla", "r_pareto", "b_pro")
 
 

@@ -72,7 +72,8 @@ class StageSpec:
     """One stage of a pipeline and the range SAIR may move it in.
 
     `replicas_min/max` of None defer to the validator's global range; GPU stages keep
-    their CPU/memory fixed (SPEC 6 gives them no resource action) but still pay for them.
+    their CPU/memory fixed (docs/algorithm.md §6 gives them no resource action) but still pay
+    for them.
     """
 
     name: str
@@ -171,7 +172,7 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class StageObservation:
-    """One stage over one measurement window (SPEC 2)."""
+    """One stage over one measurement window (docs/algorithm.md §2)."""
 
     name: str
     kind: StageKind
@@ -196,7 +197,7 @@ class StageObservation:
 
 @dataclass(frozen=True)
 class Context:
-    """The round's observation s_t (SPEC 2): per-stage and global metrics."""
+    """The round's observation s_t (docs/algorithm.md §2): per-stage and global metrics."""
 
     app: str
     time: float
@@ -224,7 +225,7 @@ class Context:
 
     @property
     def violation(self) -> float:
-        """SLA violation severity v = max(0, l/L - 1) (SPEC 3)."""
+        """SLA violation severity v = max(0, l/L - 1) (docs/algorithm.md §3)."""
         return max(0.0, self.p99_ms / self.sla_ms - 1.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,7 +283,8 @@ class Action:
 
 @dataclass(frozen=True)
 class Experience:
-    """One remembered round: context, the action taken, and how it turned out (SPEC 4)."""
+    """One remembered round: context, the action taken, and how it turned out
+    (docs/algorithm.md §4)."""
 
     id: str
     time: float
@@ -297,7 +299,7 @@ class Experience:
 
 @dataclass
 class Decision:
-    """Everything one round did, with enough to replay it (SPEC 1 step 6)."""
+    """Everything one round did, with enough to replay it (docs/algorithm.md §1 step 6)."""
 
     round: int
     time: float

@@ -1,10 +1,11 @@
-"""The action validator (SPEC 7, paper Appendix D): the only path from a proposal to actuation.
+"""The action validator (docs/algorithm.md §7, paper Appendix D): the only path from a proposal
+to actuation.
 
 It is total: any input, however malformed (wrong types, NaN, 1e300, strings, unknown or
 missing stages), yields a feasible `Action` and never raises. Each proposal goes through,
 per stage and dimension:
 
-1. parse: the SPEC 6 JSON shape, absolute targets; the `action` verb selects dimensions;
+1. parse: the JSON shape of §6, absolute targets; the `action` verb selects dimensions;
 2. range: the target is clamped into the stage's limits;
 3. step: target - current is clamped to the per-step maximum (absolute-to-delta mapping);
 4. cooldown: a scale-up (down) of a stage within `cooldown_up_s` (`cooldown_down_s`) of its
@@ -38,7 +39,7 @@ from sair_ray.types import (
 
 log = logging.getLogger(__name__)
 
-# JSON field of each action dimension (SPEC 6) and which verbs touch it.
+# JSON field of each action dimension (docs/algorithm.md §6) and which verbs touch it.
 FIELDS = {"replicas": "replicas", "cpu_m": "cpu_millicores", "mem_mb": "memory_mb",
           "rate": "rate_ratio"}
 VERBS: dict[str, frozenset[str]] = {
@@ -99,7 +100,7 @@ def parse_number(x: Any) -> float | None:
 
 @dataclass
 class Cooldowns:
-    """When each stage last scaled up and down (any dimension), for SPEC 7's cooldowns."""
+    """When each stage last scaled up and down (any dimension), for the cooldowns of §7."""
 
     last_up: dict[str, float] = field(default_factory=dict)
     last_down: dict[str, float] = field(default_factory=dict)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Dependency vulnerability audit (issue 9.6): pip-audit over every package installed in
+# Dependency vulnerability audit (docs/reliability.md): pip-audit over every package installed in
 # .venv (pinned by `pip freeze`), judged by scripts/audit_check.py against the reviewed
 # ignore list scripts/audit-ignore.txt.
 #

@@ -1,4 +1,4 @@
-"""Private Ray instances for tests (issue 13.4).
+"""Private Ray instances for tests.
 
 Every test that needs Ray starts its own head node through `private_ray()`: its own temp
 dir, a GCS on a free port, the dashboard (if any) on a free port, all on 127.0.0.1. The

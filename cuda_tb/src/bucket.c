@@ -1,5 +1,5 @@
 /*
- * The token bucket of SPEC section 8, start-up calibration, and the table of
+ * The token bucket of docs/algorithm.md section 8, start-up calibration, and the table of
  * CUDA graph sizes used to charge graph launches.
  */
 #define _GNU_SOURCE
@@ -219,7 +219,7 @@ void tb_first_launch_init(void)
 /* Called by the control thread. Takes g_mode_mu so a concurrent first launch
  * cannot pick its mode from the old rate after the new one was stored.
  *
- * SPEC 8 applies a new rate at the next window; here the next window opens
+ * Section 8 applies a new rate at the next window; here the next window opens
  * now, so the change is in force before the socket reply goes out rather than
  * up to W later. Under g_mu: the windows that ended before the change are
  * settled at the old rate, a window starts at `now` with the refill

@@ -70,7 +70,7 @@ typedef CUresult (*pfn_cuGraphKernelNodeGetParams)(CUgraphNode, void *);
 typedef CUresult (*pfn_cuGraphChildGraphNodeGetGraph)(CUgraphNode, CUgraph *);
 
 /* ---- shim state --------------------------------------------------------- */
-#define TB_WINDOW_NS 10000000ULL /* SPEC 8: W = 10 ms */
+#define TB_WINDOW_NS 10000000ULL /* docs/algorithm.md section 8: W = 10 ms */
 #define TB_MIN_RATE 0.1
 #define TB_FALLBACK_BLOCKS_PER_WINDOW 16384ULL
 #define TB_DEFAULT_WAVES_PER_WINDOW 10ULL

@@ -232,7 +232,7 @@ def edit_serve_config(serve_config: Any, pipeline: PipelineSpec,
 
         if target.replicas != current.replicas:
             put(("num_replicas",), int(target.replicas), dep.get("num_replicas"))
-        # GPU stages keep their CPU/memory (SPEC 6 gives them no resource action).
+        # GPU stages keep their CPU/memory (docs/algorithm.md §6 gives them no resource action).
         cpu_changes = target.cpu_m != current.cpu_m or target.mem_mb != current.mem_mb
         if cpu_changes and not spec.is_gpu:
             opts = dep.get("ray_actor_options")

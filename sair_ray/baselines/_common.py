@@ -1,4 +1,5 @@
-"""Small helpers shared by the baselines: feasible ranges and SPEC 6 proposal entries."""
+"""Small helpers shared by the baselines: feasible ranges and proposal entries
+(docs/algorithm.md §6)."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ Per stage (kube-controller-manager's replica calculator and behaviours):
     count, and the maximum of those of the last `scale_down_stabilization_s` when below.
 
 CPU stages use CPU seconds per allocated core, GPU stages their rate-normalised GPU
-utilisation (SPEC 2). The paper's setting is a 70 % target with a 60 s scale-down window
-(Kubernetes' own default window is 300 s); the tolerance is Kubernetes' 0.1. HPA's
-per-period rate limits are left to the validator's step limits.
+utilisation (docs/algorithm.md §2). The paper's setting is a 70 % target with a 60 s
+scale-down window (Kubernetes' own default window is 300 s); the tolerance is Kubernetes'
+0.1. HPA's per-period rate limits are left to the validator's step limits.
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ Model, per stage k with c replicas, at arrival rate lambda:
 - end-to-end: sum_k l_k <= SLA * headroom (the sum of per-stage quantiles bounds the
   quantile of the sum for the positively correlated stage delays of a tandem line, so this
   is conservative).
-Cost: SPEC 9 cost rate (effective by default). The search enumerates per-stage options
-(replicas x CPU grid for CPU stages with the smallest memory that fits the working set;
-replicas x rate grid for GPU stages), keeps each stage's cost/latency Pareto front, merges
-the fronts stage by stage, and takes the cheapest combination that meets the budget and
-fits the cluster (exact: when the cluster's CPU or memory binds, the fronts also keep
-options that save CPU or memory). To avoid needless rolling restarts it keeps the
-current CPU/memory sizes when that is at most `resize_tolerance` dearer.
+Cost: the docs/algorithm.md §9 cost rate (effective by default). The search enumerates
+per-stage options (replicas x CPU grid for CPU stages with the smallest memory that fits
+the working set; replicas x rate grid for GPU stages), keeps each stage's cost/latency
+Pareto front, merges the fronts stage by stage, and takes the cheapest combination that
+meets the budget and fits the cluster (exact: when the cluster's CPU or memory binds, the
+fronts also keep options that save CPU or memory). To avoid needless rolling restarts it
+keeps the current CPU/memory sizes when that is at most `resize_tolerance` dearer.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class Oracle:
         for spec in self.pipeline.stages:
             a = plan.allocation[spec.name]
             if spec.kind is StageKind.GPU:
-                # no SPEC 6 verb covers replicas and rate together; without a verb the
+                # no §6 verb covers replicas and rate together; without a verb the
                 # validator takes every field present
                 proposal[spec.name] = {"replicas": a.replicas, "rate_ratio": a.rate}
             else:

@@ -15,8 +15,8 @@ Defaults as in Ray: target_ongoing_requests 2, upscale_delay_s 30, downscale_del
 factors 1. Ray averages ongoing requests (queued + running) over `look_back_period_s`
 (30 s); here they come from the observation window by Little's law,
 ongoing = throughput * (queueing delay + processing time), using the p50 processing
-time as the SPEC 2 context has no mean, and never less than the queue left at the end
-of the window.
+time as the context of docs/algorithm.md §2 has no mean, and never less than the queue left
+at the end of the window.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Independent re-check of every executed action: the "validator escapes" of a run.
 
-The validator (SPEC 7) promises that whatever the policy proposes, the executed allocation
-stays inside each stage's limits, moves by at most one step per dimension, respects the
+The validator (docs/algorithm.md §7) promises that whatever the policy proposes, the executed
+allocation stays inside each stage's limits, moves by at most one step per dimension, respects the
 scale-up/scale-down cooldowns and fits the cluster. This module checks that promise from
 the decision records alone, without the validator's code, so a validator bug shows up as a
 non-zero `validator_escapes` column instead of being trusted away.

@@ -1,11 +1,13 @@
 """The benchmark grid: methods x apps x patterns x seeds, each run on the simulator through
 the same `Controller` + `run_virtual` loop.
 
-Baselines run with explore=False and no memory. SAIR methods (`sair`: the LLM policy;
-`sair-retrieval`: the retrieval-only selector; both from `sair_ray.policy.make_policy`) run
-the full SAIR loop: exploration probes, learning into an `ExperienceMemory` in a fresh
-temporary directory per run, and SAIR's own validator (SPEC 7 step limits and cooldowns),
-all seeded by the scenario seed. An ablation (`Scenario.variant`, a name of
+Every method is a policy of `sair_ray.registry`, built by `make_policy` with what the
+simulator knows (the profile; the oracle also reads the future workload), and run in a
+controller `Session`. Baselines run with explore=False and no memory. SAIR methods (the
+policies that learn: `sair`, the LLM policy; `sair-retrieval`, the retrieval-only
+selector) run the full SAIR loop: exploration probes, learning into an `ExperienceMemory`
+in a fresh temporary directory per run, and SAIR's own validator (docs/algorithm.md §7 step
+limits and cooldowns), all seeded by the scenario seed. An ablation (`Scenario.variant`, a name of
 `sair_ray.config.ABLATIONS`) changes SAIR's config with `with_ablation`.
 
 Baseline settings: HPA's target and the threshold policy's thresholds come from the
@@ -59,26 +61,25 @@ from typing import Any
 
 import numpy as np
 
+from sair_ray import registry
 from sair_ray.backends.sim import SimBackend
-from sair_ray.baselines import BASELINES, make_baseline
 from sair_ray.bench.checks import count_escapes
 from sair_ray.bench.tuned import TUNED, TunedSettings
 from sair_ray.config import ABLATIONS, SAIRConfig, with_ablation
-from sair_ray.controller import Controller, run_virtual
-from sair_ray.embedding import phi_dim
-from sair_ray.memory import ExperienceMemory
+from sair_ray.controller import run_virtual
+from sair_ray.files import LOG_FILE, MEMORY_DIR, ControllerFiles
 from sair_ray.policy.base import Policy
-from sair_ray.report.records import LOG_NAME
+from sair_ray.session import Session
 from sair_ray.sim.profiles import Profile, list_profiles, load_profile
 from sair_ray.sim.workloads import Burst, Poisson, Ramp, Workload
-from sair_ray.types import Decision, PipelineSpec
+from sair_ray.types import Decision
 
 log = logging.getLogger(__name__)
 
 APPS: tuple[str, ...] = tuple(list_profiles())
-SAIR_METHODS: tuple[str, ...] = ("sair", "sair-retrieval")
-METHODS: tuple[str, ...] = BASELINES + SAIR_METHODS
-DEFAULT_METHODS: tuple[str, ...] = BASELINES + ("sair-retrieval",)  # every non-LLM method
+SAIR_METHODS: tuple[str, ...] = registry.SAIR_POLICIES   # the methods that learn
+METHODS: tuple[str, ...] = registry.BASELINES + SAIR_METHODS
+DEFAULT_METHODS: tuple[str, ...] = registry.BASELINES + ("sair-retrieval",)  # all but the LLM
 ABLATION_APP = "image_classification"           # the paper's ablation table is on it
 PATTERNS: tuple[str, ...] = ("poisson", "ramp", "burst")
 
@@ -126,7 +127,7 @@ def run_log_path(log_dir: str | Path, sc: Scenario) -> Path:
     """Where `--log-dir` puts a scenario's decision log. `+`, not the table label's
     brackets, joins an ablation: brackets are glob characters in a shell."""
     method = f"{sc.method}+{sc.variant}" if sc.variant else sc.method
-    return Path(log_dir) / sc.app / sc.pattern / method / f"seed{sc.seed}" / LOG_NAME
+    return Path(log_dir) / sc.app / sc.pattern / method / f"seed{sc.seed}" / LOG_FILE
 
 
 @dataclass
@@ -210,25 +211,24 @@ def make_workload(profile: Profile, pattern: str, duration_s: float) -> Workload
 
 
 def bench_config(seed: int) -> SAIRConfig:
-    """Config of a baseline run: SPEC defaults with the permissive validator."""
+    """Config of a baseline run: the defaults with the permissive validator."""
     return SAIRConfig().replace(seed=seed, **PERMISSIVE_VALIDATOR)
 
 
 def sair_config(seed: int, variant: str = "") -> SAIRConfig:
-    """Config of a SAIR run: SPEC defaults (SPEC 7 validator included), the ablation's
-    overrides, and no fsync (the memory is a temporary directory thrown away after)."""
+    """Config of a SAIR run: the defaults (docs/algorithm.md §7 validator included), the
+    ablation's overrides, and no fsync (the memory is a temporary directory thrown away after)."""
     cfg = SAIRConfig().replace(seed=seed, **{"memory.fsync": False})
     return with_ablation(cfg, variant) if variant else cfg
 
 
-def make_sair_policy(method: str, cfg: SAIRConfig, pipeline: PipelineSpec) -> Policy:
-    """The policy of a SAIR method, from `sair_ray.policy.make_policy`."""
-    try:
-        from sair_ray.policy import make_policy  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise BenchError(f"method {method!r} needs sair_ray.policy.make_policy, which this "
-                         f"installation lacks ({e})") from None
-    return make_policy(method, cfg, pipeline=pipeline)
+def make_run_policy(sc: Scenario, cfg: SAIRConfig, profile: Profile,
+                    workload: Workload) -> Policy:
+    """The scenario's policy from the registry, given what the simulator knows; a baseline
+    also gets the scenario's settings."""
+    params = dict(sc.settings) if not registry.get(sc.method).learns else {}
+    return registry.make_policy(sc.method, cfg, pipeline=profile.pipeline, profile=profile,
+                                workload=workload, **params)
 
 
 def _steady_attainment(completed: int, drops: int, errors: int, violations: int) -> float:
@@ -245,26 +245,13 @@ def run_one(sc: Scenario, log_dir: str | Path | None = None) -> dict[str, Any]:
     With `log_dir`, the run's decision log goes to `run_log_path(log_dir, sc)`."""
     log_path = run_log_path(log_dir, sc) if log_dir is not None else None
     profile = load_profile(sc.app)
-    duration = sc.hours * 3600.0
-    workload = make_workload(profile, sc.pattern, duration)
-    if sc.method in SAIR_METHODS:
-        cfg = sair_config(sc.seed, sc.variant)
-        policy = make_sair_policy(sc.method, cfg, profile.pipeline)
-        return run_scenario(sc, profile, workload, cfg, policy, learn=True,
-                            log_path=log_path)
-    if sc.variant:
+    workload = make_workload(profile, sc.pattern, sc.hours * 3600.0)
+    learns = registry.get(sc.method).learns
+    if sc.variant and not learns:
         raise BenchError(f"ablation {sc.variant!r} given for baseline {sc.method!r}")
-    cfg = bench_config(sc.seed)
-    params: dict[str, Any] = dict(sc.settings)
-    if sc.method != "static":
-        params["validator"] = cfg.validator
-    if sc.method == "vpa":
-        params["profile"] = profile
-    if sc.method == "oracle":
-        params |= {"profile": profile, "workload": workload, "prices": cfg.cost,
-                   "seed": sc.seed}
-    return run_scenario(sc, profile, workload, cfg, make_baseline(sc.method, **params),
-                        learn=False, log_path=log_path)
+    cfg = sair_config(sc.seed, sc.variant) if learns else bench_config(sc.seed)
+    return run_scenario(sc, profile, workload, cfg, make_run_policy(sc, cfg, profile, workload),
+                        learn=learns, log_path=log_path)
 
 
 def run_scenario(sc: Scenario, profile: Profile, workload: Workload, cfg: SAIRConfig,
@@ -281,23 +268,18 @@ def run_scenario(sc: Scenario, profile: Profile, workload: Workload, cfg: SAIRCo
                          retain_s=duration + 60.0)  # keeps the steady-state window readable
     pipeline = profile.pipeline
     with tempfile.TemporaryDirectory(prefix="sair-bench-") as tmp:
-        memory = (ExperienceMemory(Path(tmp) / "memory", phi_dim(len(pipeline.stages)),
-                                   cfg.memory, loo_k=cfg.retrieval.loo_k) if learn else None)
         if log_path is not None:
             # The log appends (a live controller resumes its own); a rerun must not
             # interleave its rounds with an earlier run's.
             Path(log_path).unlink(missing_ok=True)
-        ctl = Controller(backend, policy, cfg, memory=memory, explore=learn, learn=learn,
-                         log_path=str(log_path) if log_path is not None else None)
+        session = Session(backend, policy, cfg, learns=learn, files=ControllerFiles(
+            memory=Path(tmp) / MEMORY_DIR,
+            log=Path(log_path) if log_path is not None else None))
+        ctl = session.controller
         try:
             decisions = run_virtual(ctl, backend, until=duration)
         finally:
-            ctl.close()
-            if memory is not None:
-                memory.close()
-            close = getattr(policy, "close", None)
-            if callable(close):
-                close()
+            session.close()
     row = _result_row(sc, backend, decisions, duration)
     row |= {
         "actions": len(decisions) - ctl.counters.noops,

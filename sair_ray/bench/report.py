@@ -112,7 +112,7 @@ def settings_markdown(rows: Sequence[dict[str, Any]]) -> str:
 SAIR_PREFIX = "sair"
 DEPLOYED_EXCLUDED = ("oracle",)   # clairvoyant: a bound, not something one can deploy
 ATTAIN = 0.99                     # steady SLA attainment a method must reach to count
-WITHIN = 1.05                     # "within 5 %" of issue 4's target
+WITHIN = 1.05                     # "within 5 %" of the project's target
 
 
 def versus(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,9 +120,10 @@ def versus(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows, on means over seeds of steady p99, steady attainment and effective $/1k.
 
     `best_p99` is the lowest p99 of any deployed baseline; `cheapest` the lowest cost among
-    those reaching ATTAIN (else among all); `target_met` is issue 4's "within 5 % of both,
-    at >= ATTAIN"; `dominated_by` lists the baselines reaching ATTAIN that are no worse on
-    both p99 and cost (empty = SAIR is on the Pareto front of what meets the SLA)."""
+    those reaching ATTAIN (else among all); `target_met` is the project's target, "within
+    5 % of both, at >= ATTAIN"; `dominated_by` lists the baselines reaching ATTAIN that are no
+    worse on both p99 and cost (empty = SAIR is on the Pareto front of what meets the
+    SLA)."""
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in summarise(rows):
         cells.setdefault((s["app"], s["pattern"]), []).append(s)

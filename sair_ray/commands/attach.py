@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+from sair_ray.commands.console import fail, out
 
 AppArg = Annotated[str, typer.Argument(help="Serve application name.")]
 AddressOpt = Annotated[str | None, typer.Option(
@@ -32,7 +30,7 @@ def register(app: typer.Typer) -> None:
 def attach(
     app_name: AppArg,
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="SAIR config YAML (default: SPEC defaults).")] = None,
+        "--config", "-c", help="SAIR config YAML (default: the built-in defaults).")] = None,
     policy: Annotated[str, typer.Option(
         help="sair (LLM), sair-retrieval, or a baseline: static, hpa, vpa, threshold, "
              "ray_serve.")] = "sair",
@@ -47,17 +45,14 @@ def attach(
     address: AddressOpt = None,
 ) -> None:
     """Attach SAIR to a running Serve app (deployed with `external_scaler_enabled: true`)."""
-    from sair_ray.baselines import BASELINES
-    from sair_ray.config import ConfigError, SAIRConfig
-    from sair_ray.policy import SAIR_POLICIES
+    from sair_ray.commands.config import load_config
+    from sair_ray.registry import PolicyError, get_live
 
-    if policy not in SAIR_POLICIES + tuple(BASELINES):
-        _fail(f"unknown policy {policy!r}; choose one of "
-              f"{', '.join(SAIR_POLICIES + tuple(BASELINES))}")
     try:
-        cfg = SAIRConfig.from_yaml(config) if config else SAIRConfig()
-    except ConfigError as e:
-        _fail(str(e))
+        get_live(policy)
+    except PolicyError as e:
+        fail(str(e))
+    cfg = load_config(config)
     _connect(address)
     from sair_ray.backends.ray_serve import ServeAdminError, ServeSetupError
     from sair_ray.live import AttachError, PolicyError
@@ -67,7 +62,7 @@ def attach(
         handle = do_attach(app_name, cfg, policy, profile=profile, data_dir=data_dir,
                            dashboard_url=dashboard)
     except (ServeSetupError, ServeAdminError, PolicyError, AttachError) as e:
-        _fail(str(e))
+        fail(str(e))
     st = handle.status()
     out.print(f"[green]attached[/green] SAIR to {app_name!r}: policy {st['policy']}, a round "
               f"every {st['decision_interval_s']:g} s, data in {st['data_dir']}")
@@ -81,7 +76,7 @@ def detach(app_name: AppArg, address: AddressOpt = None) -> None:
 
     final = do_detach(app_name)
     if final is None:
-        _fail(f"no SAIR controller is attached to {app_name!r}")
+        fail(f"no SAIR controller is attached to {app_name!r}")
     out.print(f"detached from {app_name!r} after {final['rounds']} rounds")
 
 
@@ -168,7 +163,7 @@ def _log_view(target: str, last: int) -> Any:
         reader = LogReader(resolve(target), keep=max(last, 50))
         reader.read()
     except LogError as e:
-        _fail(str(e))
+        fail(str(e))
     return lambda: from_log(reader.read(), last)
 
 
@@ -185,7 +180,7 @@ def _live_handle(app_name: str) -> Any:
 
     handle = get_handle(app_name)
     if handle is None:
-        _fail(f"no SAIR controller is attached to {app_name!r} (sair attach {app_name}; "
+        fail(f"no SAIR controller is attached to {app_name!r} (sair attach {app_name}; "
               f"a detached app's decision log: sair top <data dir>/{app_name})")
     return handle
 
@@ -201,13 +196,8 @@ def _connect(address: str | None) -> None:
         try:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
         except (OSError, ValueError) as e:
-            _fail(f"no Ray cluster at {address}: {e}")
+            fail(f"no Ray cluster at {address}: {e}")
     try:
         ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
     except ConnectionError as e:
-        _fail(f"cannot connect to a Ray cluster ({address or 'auto'}): {e}")
-
-
-def _fail(msg: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)
+        fail(f"cannot connect to a Ray cluster ({address or 'auto'}): {e}")

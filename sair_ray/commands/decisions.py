@@ -11,10 +11,8 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+from sair_ray.commands.console import err, fail, out
 
 
 def register(app: typer.Typer) -> None:
@@ -41,8 +39,7 @@ def decisions(
     try:
         recs = load(resolve(target, data_dir))
     except LogError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        fail(str(e))
     chosen = recs.last(last)
     if as_json:
         for r in chosen:

@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+from sair_ray.commands.console import err, out
 
 
 def register(app: typer.Typer) -> None:
@@ -35,14 +33,14 @@ def demo(
     of the load and decisions, shut everything down."""
     import logging
 
-    from sair_ray.baselines import BASELINES
     from sair_ray.live.demo import DemoOptions, check_summary, run_demo
-    from sair_ray.policy import SAIR_POLICIES
+    from sair_ray.registry import PolicyError, get_live
 
-    if policy not in SAIR_POLICIES + tuple(BASELINES):
-        err.print(f"[red]error:[/red] unknown policy {policy!r}; choose one of "
-                  f"{', '.join(SAIR_POLICIES + tuple(BASELINES))}")
-        raise typer.Exit(2)
+    try:
+        get_live(policy)
+    except PolicyError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
     logging.basicConfig(level=logging.WARNING)
     opts = DemoOptions(duration_s=duration, policy=policy, base_rps=base, spike_rps=spike,
                        num_cpus=num_cpus, http_port=port, out_dir=out_dir)

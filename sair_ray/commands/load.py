@@ -4,17 +4,13 @@ request (sair_ray.loadgen)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from sair_ray.commands.console import err, fail, out
 from serve_apps import APPS as APP_NAMES  # light: no Ray or torch import
-
-out = Console()
-err = Console(stderr=True)
-
 
 
 def register(app: typer.Typer) -> None:
@@ -84,11 +80,11 @@ def load(
 
     is_url = target.startswith(("http://", "https://"))
     if not is_url and target not in APP_NAMES:
-        _fail(f"unknown app {target!r}: give one of {', '.join(APP_NAMES)} or a URL")
+        fail(f"unknown app {target!r}: give one of {', '.join(APP_NAMES)} or a URL")
     if is_url and body is None:
-        _fail("with a URL target, give --body FILE.json (the app is unknown)")
+        fail("with a URL target, give --body FILE.json (the app is unknown)")
     if out_path.suffix not in (".parquet", ".csv"):
-        _fail(f"--out {out_path} must end in .parquet or .csv")
+        fail(f"--out {out_path} must end in .parquet or .csv")
     url = target if is_url else f"{host.rstrip('/')}/{target}"
     try:
         wl = load_workload(workload) if workload else workload_from_options(
@@ -100,7 +96,7 @@ def load(
         runner = LoadRunner(url, plan, make_body, concurrency=concurrency, timeout_s=timeout,
                             time_limit_s=time_limit)
     except (WorkloadError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if plan.credit:
         err.print(f"trace: {plan.credit}")
     err.print(f"{len(plan)} requests planned over {duration:g} s ({plan.workload}) -> {url}")
@@ -152,8 +148,3 @@ def load(
 
 def _ms(v: float) -> str:
     return "-" if v != v else f"{v:.1f}"
-
-
-def _fail(msg: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)

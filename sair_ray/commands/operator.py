@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+from sair_ray.commands.console import err, fail, out
 
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 SAMPLES = Path("deploy/samples")
@@ -78,8 +76,7 @@ def _dry_run(rayservice: Path, autoscaler: Path, rounds: int, policy: str | None
     try:
         res = dry_run(rayservice, autoscaler, rounds=rounds, policy=policy, profile=profile)
     except DryRunError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        fail(str(e))
     spec, results = res.spec, res.rounds
     if res.note:
         err.print(f"note: {res.note}", highlight=False)
@@ -126,9 +123,7 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Any:
     try:
         from kubernetes import client, config
     except ImportError:
-        err.print("[red]error:[/red] operator mode needs the kubernetes client: "
-                  "pip install 'sair-ray[k8s]'")
-        raise typer.Exit(2) from None
+        fail("operator mode needs the kubernetes client: pip install 'sair-ray[k8s]'")
     try:
         if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config()
@@ -137,8 +132,7 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Any:
             config_file=str(kubeconfig) if kubeconfig else None, context=context)
     except (config.ConfigException, OSError) as e:
         where = kubeconfig or "~/.kube/config"
-        err.print(f"[red]error:[/red] no usable Kubernetes configuration ({where}): {e}")
-        raise typer.Exit(2) from None
+        fail(f"no usable Kubernetes configuration ({where}): {e}")
 
 
 def _run(namespace: str | None, all_namespaces: bool, kubeconfig: Path | None,
@@ -147,8 +141,7 @@ def _run(namespace: str | None, all_namespaces: bool, kubeconfig: Path | None,
     from sair_ray.operator.loop import Operator
 
     if namespace and all_namespaces:
-        err.print("[red]error:[/red] --namespace and --all-namespaces exclude each other")
-        raise typer.Exit(2)
+        fail("--namespace and --all-namespaces exclude each other")
     op = Operator(_api_client(kubeconfig, context),
                   namespace=_namespace(namespace, all_namespaces),
                   data_dir=base_data_dir(data_dir))

@@ -11,17 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from sair_ray import offline
-
-out = Console()
-err = Console(stderr=True)
-
-def fail(msg: str) -> None:
-    err.print(f"[red]error:[/red] {escape(msg)}")
-
+from sair_ray.commands.console import fail, out
 
 policy_app = typer.Typer(help="Serve the policy LLM and check endpoints.", no_args_is_help=True)
 
@@ -49,32 +42,24 @@ def serve(
             path = Path(model) if model else smollm2_path()
         except LMUnavailable as e:
             fail(str(e))
-            raise typer.Exit(2) from None
         if not path.is_file():
             fail(f"--model {model!r} is not a GGUF file")
-            raise typer.Exit(2)
         if importlib.util.find_spec("llama_cpp") is None:
-            fail("llama-cpp-python is not installed: "
-                      "pip install 'sair-ray[local-llm]'")
-            raise typer.Exit(2)
+            fail("llama-cpp-python is not installed: pip install 'sair-ray[local-llm]'")
         n = str(threads or os.cpu_count() or 1)
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path),
                "--model_alias", EMBEDDED_MODEL_NAME, "--host", host, "--port", str(port),
                "--n_ctx", str(N_CTX), "--n_threads", n, "--n_threads_batch", n]
     elif backend == "vllm":
         if not model:
-            fail("--backend vllm needs --model (a Hugging Face name "
-                      "or a local path)")
-            raise typer.Exit(2)
+            fail("--backend vllm needs --model (a Hugging Face name or a local path)")
         if importlib.util.find_spec("vllm") is None:
             fail("vLLM is not installed on this machine: "
-                      "pip install 'sair-ray[gpu]' on a GPU node")
-            raise typer.Exit(2)
+                 "pip install 'sair-ray[gpu]' on a GPU node")
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--host", host, "--port", str(port)]
     else:
         fail(f"unknown --backend {backend!r}; choose llamacpp or vllm")
-        raise typer.Exit(2)
     out.print(f"serving the policy model on http://{host}:{port}/v1 ({backend}); Ctrl-C stops")
     # vLLM downloads the model the user named from the Hugging Face Hub: give it the
     # environment without SAIR's own offline switches (sair_ray/offline.py).
@@ -96,19 +81,18 @@ def check(
     """Ask the configured policy endpoint for one decision on a sample overloaded round;
     print the reply, the validated action and the latency."""
     from sair_ray.bottleneck import analyse
-    from sair_ray.cli import _load
-    from sair_ray.policy import make_policy
+    from sair_ray.commands.config import load_config
     from sair_ray.policy.base import PolicyRequest
+    from sair_ray.registry import make_policy
     from sair_ray.sim.profiles import load_profile
     from sair_ray.types import Context, StageObservation
     from sair_ray.validator import Validator
 
-    cfg = _load(config)
+    cfg = load_config(config)
     try:
         pipeline = load_profile(app_name).pipeline
     except (KeyError, FileNotFoundError, ValueError) as e:
         fail(str(e))
-        raise typer.Exit(2) from None
     alloc = pipeline.initial_allocation()
     first = pipeline.stages[0].name
     stages = [StageObservation(
@@ -129,8 +113,7 @@ def check(
     # escaped: a label rationale starts with "[fit]", which rich would take for markup
     out.print(f"raw: {escape(reply.raw[:500])}")
     if reply.error:
-        fail(reply.error)
-        raise typer.Exit(1)
+        fail(reply.error, code=1)
     val = Validator(pipeline, cfg.validator).validate(reply.proposal, ctx.allocation, now=0.0,
                                                       free=pipeline.cluster)
     out.print(f"rationale: {escape(reply.rationale)}")

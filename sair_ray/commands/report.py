@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+from sair_ray.commands.console import fail, out
 
 
 def register(app: typer.Typer) -> None:
@@ -34,18 +32,14 @@ def report(
     try:
         recs = load(resolve(target, data_dir))
     except LogError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        fail(str(e))
     if importlib.util.find_spec("matplotlib") is None:  # the `bench` extra
-        err.print("[red]error:[/red] the report needs matplotlib: "
-                  "pip install 'sair-ray[bench]'")
-        raise typer.Exit(2)
+        fail("the report needs matplotlib: pip install 'sair-ray[bench]'")
     from sair_ray.report.html import write_report
 
     dest = out_dir or Path("runs") / "report" / (recs.app or recs.path.parent.name)
     try:
         page = write_report(recs, dest)
     except ValueError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        fail(str(e))
     out.print(f"{len(recs.decisions)} rounds -> {page} (+ PNGs in {page.parent})")

@@ -12,7 +12,8 @@ from sair_ray.live.handle import (
     ensure_attached,
     get_handle,
 )
-from sair_ray.live.loop import LiveLoop, LiveOptions, PolicyError
+from sair_ray.live.loop import LiveLoop, LiveOptions
+from sair_ray.registry import PolicyError
 
 __all__ = ["AttachError", "AttachHandle", "LiveLoop", "LiveOptions", "PolicyError", "attach",
            "detach", "ensure_attached", "get_handle"]

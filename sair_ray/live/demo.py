@@ -180,6 +180,7 @@ def run_demo(opts: DemoOptions, console: Any) -> Path:
     from rich.live import Live
 
     from sair_ray.backends.ray_serve import ServeAdmin, discover_dashboard_url
+    from sair_ray.files import LOG_FILE
     from sair_ray.live import attach
     from sair_ray.live.paths import app_data_dir
     from sair_ray.loadgen import LoadRunner, summarize
@@ -241,7 +242,7 @@ def run_demo(opts: DemoOptions, console: Any) -> Path:
         status = handle.status()
         return write_report(out, opts, mon.samples, mon.t0, decisions, status,
                             runner.results, summary, sla_ms, interrupted,
-                            app_data_dir(APP, data_dir) / "decisions.jsonl")
+                            app_data_dir(APP, data_dir) / LOG_FILE)
     finally:
         console.print("shutting down: SAIR controller, Serve, Ray ...")
         if handle is not None:

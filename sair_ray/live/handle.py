@@ -21,9 +21,9 @@ from typing import Any
 
 from sair_ray.config import SAIRConfig
 from sair_ray.live.actor import NAMESPACE, ControllerActor, actor_name, actor_options
-from sair_ray.live.loop import LiveOptions, PolicyError
+from sair_ray.live.loop import LiveOptions
 from sair_ray.live.paths import DATA_DIR_ENV
-from sair_ray.policy import SAIR_POLICIES
+from sair_ray.registry import get_live
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,6 @@ def _config_dict(config: SAIRConfig | Mapping[str, Any] | str | os.PathLike[str]
     return SAIRConfig.from_yaml(config).to_dict()
 
 
-def _check_policy(name: str) -> None:
-    from sair_ray.baselines import BASELINES
-
-    if name not in SAIR_POLICIES + tuple(BASELINES):
-        raise PolicyError(f"unknown policy {name!r}; choose one of "
-                          f"{', '.join(SAIR_POLICIES + tuple(BASELINES))}")
-
-
 def _connect(address: str | None) -> None:
     import ray
 
@@ -103,7 +95,7 @@ def live_options(app: str, config: Any = None, policy: str = "sair", *,
     """Options resolved on the driver: paths made absolute (the actor's working directory
     is not the driver's) and $SAIR_DATA_DIR carried over (the actor does not inherit the
     driver's environment)."""
-    _check_policy(policy)
+    get_live(policy)  # PolicyError on the driver, not a retrying actor
     base = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     prof = None
     if profile is not None:

@@ -1,9 +1,5 @@
-"""Where an attached controller keeps its files, and crash-safe JSON writes.
-
-    <data dir>/<app>/
-        memory/            experience memory (Parquet segments + journal, sair_ray.memory)
-        state.json         Controller.state(), rewritten atomically every round
-        decisions.jsonl    decision log (sair_ray.decision_log)
+"""Where an attached controller keeps its files: `app_data_dir(app)`, laid out as
+`sair_ray.files.ControllerFiles` says (memory/, state.json, decisions.jsonl).
 
 The data dir is `$SAIR_DATA_DIR` if set, else `~/.local/share/sair-ray`. On a multi-node
 cluster the controller actor runs on the head node, so these paths are on the head node.
@@ -11,12 +7,9 @@ cluster the controller actor runs on the head node, so these paths are on the he
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
 
 DATA_DIR_ENV = "SAIR_DATA_DIR"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -36,28 +29,3 @@ def app_data_dir(app: str, base: str | os.PathLike[str] | None = None) -> Path:
     if not app:
         raise ValueError("app name must be non-empty")
     return base_data_dir(base) / _SAFE.sub("_", app)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that a reader (or a restart after a crash) sees the old file or the
-    new one, never a torn one: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"), allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in `path`, or None if it does not exist."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None

@@ -1,5 +1,5 @@
-"""An `AppWindow` as the controller's `Context` (SPEC 2): the one conversion every live
-metrics source shares (the Ray Serve backend and the Kubernetes operator)."""
+"""An `AppWindow` as the controller's `Context` (docs/algorithm.md §2): the one conversion
+every live metrics source shares (the Ray Serve backend and the Kubernetes operator)."""
 
 from __future__ import annotations
 

@@ -38,11 +38,11 @@ STAND_IN_POLICY = "hpa"
 
 def dry_run_policy(manifest_policy: str, requested: str | None) -> tuple[str, str]:
     """The policy a dry run uses, and a note saying why when it is not the manifest's."""
-    from sair_ray.policy import SAIR_POLICIES
+    from sair_ray import registry
 
     if requested:
         return requested, ""
-    if manifest_policy in SAIR_POLICIES:
+    if manifest_policy in registry.SAIR_POLICIES:
         return STAND_IN_POLICY, (
             f"policy {manifest_policy!r} calls its LM endpoint, which a dry run does not "
             f"use; deciding with {STAND_IN_POLICY!r} instead (--policy {manifest_policy} "

@@ -1,6 +1,6 @@
 """The Policy protocol shared by SAIR's LLM policy and every baseline.
 
-A policy proposes *absolute targets* in the JSON shape of SPEC 6, e.g.
+A policy proposes *absolute targets* in the JSON shape of docs/algorithm.md §6, e.g.
 ``{"preprocess": {"action": "scale_replicas", "replicas": 3}}``; the validator turns that
 into a safe delta. Policies never actuate anything themselves.
 """

@@ -16,8 +16,8 @@ in-context learning in small models amounts to. Each round offers:
 Every candidate on offer is one a blind pick could take without harm, because a small
 model at temperature 1 picks nearly blindly.
 
-All are proposals in the SPEC 6 schema (absolute targets for every stage); the validator
-still clamps them. With `policy.decoding = "candidates"` the LLM answers with one
+All are proposals in the docs/algorithm.md §6 schema (absolute targets for every stage); the
+validator still clamps them. With `policy.decoding = "candidates"` the LLM answers with one
 candidate's label (an enum in the output schema: a few tokens instead of a whole action to
 copy); with `"free"` they are only listed in the prompt as hints.
 """

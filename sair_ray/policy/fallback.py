@@ -1,4 +1,4 @@
-"""A safe policy for the rounds the LLM cannot decide (issue 9: LLM failures).
+"""A safe policy for the rounds the LLM cannot decide (late, down, unparseable).
 
 When the primary policy's reply carries an error (late, endpoint down, unparseable), the
 fallback decides that round instead. The reply keeps the primary's error, so the round

@@ -1,4 +1,5 @@
-"""SAIR's policy: an LLM as an in-context RL agent (SPEC 6; paper Appendix I), via DSPy.
+"""SAIR's policy: an LLM as an in-context RL agent, via DSPy (docs/algorithm.md §6; paper
+Appendix I).
 
 The DSPy signature has the paper's three inputs and two outputs. Its input order differs
 from the paper's listing on purpose: `constraints` (static for an app) comes first, then
@@ -80,7 +81,7 @@ def _masked(obj: Any, redact: Any) -> Any:
 
 def _signature(candidates: bool) -> Any:
     """The DSPy signature; with candidates, `action` is a candidate's label, otherwise the
-    action object of SPEC 6."""
+    action object of §6."""
     import dspy
 
     action: tuple[Any, Any] = (
@@ -135,7 +136,7 @@ def _adapter(backend: str, use_schema: bool) -> Any:
 
 
 class LLMPolicy:
-    """The policy of SPEC 6 against one OpenAI-compatible endpoint."""
+    """The policy of §6 against one OpenAI-compatible endpoint."""
 
     name = "sair"
 

@@ -1,4 +1,4 @@
-"""Tolerant parsing of an LLM reply into a proposal (SPEC 6).
+"""Tolerant parsing of an LLM reply into a proposal (docs/algorithm.md §6).
 
 Small models and backends without schema-constrained decoding return JSON wrapped in
 prose or code fences, truncated at the token limit, with trailing commas, Python literals

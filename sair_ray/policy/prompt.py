@@ -1,4 +1,4 @@
-"""The three prompt inputs of SPEC 6 / paper Appendix I, as plain text.
+"""The three prompt inputs of docs/algorithm.md §6 / paper Appendix I, as plain text.
 
 - `constraints`: limits, SLA, budget and scaling guidelines. Static for an app, so it goes
   first in the prompt and llama.cpp reuses its KV cache across rounds.
@@ -81,7 +81,7 @@ def target_json(kind: StageKind, before: StageAllocation, delta: Mapping[str, fl
 
 def action_json(ctx: Context, action: Mapping[str, Mapping[str, float]], *,
                 changed_only: bool = False) -> dict[str, Any]:
-    """An executed action (deltas, as stored) in the absolute-target schema of SPEC 6;
+    """An executed action (deltas, as stored) in the absolute-target schema of §6;
     `changed_only` leaves out the stages it did not touch (shorter episodes)."""
     out = {s.name: target_json(s.kind, s.allocation, action.get(s.name, {}))
            for s in ctx.stages}

@@ -1,6 +1,6 @@
 """SAIR without the LLM: the same candidates the LLM is offered, picked by a fixed rule.
 
-Exists to measure what the LLM adds (issue 4): same memory, same surprisal retrieval, same
+Exists to measure what the LLM adds: same memory, same surprisal retrieval, same
 exploration and validator as SAIR. The decision is the best retrieved episode's action
 (highest similarity x reward), re-applied as a delta from the current allocation: deltas,
 not absolute targets, because retrieval matches states whose allocation is close but

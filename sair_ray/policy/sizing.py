@@ -3,8 +3,8 @@
 Each stage's per-replica capacity is read off its own window, not a profile: a replica
 that passed `x / n` requests per second while busy a share `u` of the time serves
 `mu = x / (u n)` requests per second flat out (GPU stages: at its current rate; the rate
-stretches GPU time as 1 / r, SPEC 8, so at full rate it serves `mu / r`). The stage must
-carry the pipeline's arrival rate plus its backlog drained over `DRAIN_S`, at utilisation
+stretches GPU time as 1 / r, docs/algorithm.md §8, so at full rate it serves `mu / r`). The
+stage must carry the pipeline's arrival rate plus its backlog drained over `DRAIN_S`, at utilisation
 `U_TARGET`, leaving room for the variance of arrivals and service that turns a busy
 server into a queue (Kingman: waiting grows as u / (1 - u)).
 
@@ -19,7 +19,7 @@ server into a queue (Kingman: waiting grows as u / (1 - u)).
   where it would stay under `U_DOWN`).
 - GPU rate: the smallest rate that carries the demand on the replicas kept, but never so
   low that the stage's worst recent p99, stretched by the slower rate, would exceed
-  `LAT_SHARE` of the SLA (effective cost pays r of a GPU; SPEC 9).
+  `LAT_SHARE` of the SLA (effective cost pays r of a GPU; §9).
 
 Nothing is estimated for a stage whose window saw no work (no throughput or no busy time):
 it is left as it is.
@@ -96,7 +96,7 @@ def needs(ctx: Context, history: Sequence[Context] = ()) -> dict[str, StageNeed]
 
 
 def _p99_full(s: StageObservation) -> float:
-    """A GPU stage's p99 scaled to full rate (SPEC 8 stretches GPU time as 1 / r)."""
+    """A GPU stage's p99 scaled to full rate (§8 stretches GPU time as 1 / r)."""
     if s.kind != StageKind.GPU or not math.isfinite(s.p99_ms):
         return 0.0
     return max(s.p99_ms, 0.0) * s.rate
@@ -104,7 +104,7 @@ def _p99_full(s: StageObservation) -> float:
 
 def fit(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
         history: Sequence[Context] = ()) -> dict[str, dict[str, Any]]:
-    """Per stage, a SPEC 6 action sizing it to its need (`{"action": "none"}` where it
+    """Per stage, a §6 action sizing it to its need (`{"action": "none"}` where it
     already fits or nothing can be estimated)."""
     need = needs(ctx, history)
     out: dict[str, dict[str, Any]] = {}

@@ -2,9 +2,10 @@
 written beside it as files) from a decision log.
 
 Figures: p99 vs SLA and arrival rate over time; replicas, GPU rate and cost rate per stage;
-reward and its SPEC 3 terms; exploration probes vs policy decisions; the latency/cost
-outcomes SAIR remembered, coloured by time, with their Pareto frontier. The outcome of the
-action chosen in round t is what round t+1 observed (that is what its reward scored).
+reward and its terms (docs/algorithm.md §3); exploration probes vs policy decisions; the
+latency/cost outcomes SAIR remembered, coloured by time, with their Pareto frontier. The
+outcome of the action chosen in round t is what round t+1 observed (that is what its
+reward scored).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def _figures(s: Series, decisions: list[dict[str, Any]]) -> dict[str, tuple[str,
     a2.set_ylabel("term")
     a2.set_xlabel("time (s) of the rewarded action")
     a2.legend(loc="lower right", fontsize="small", ncol=5)
-    figs["reward"] = ("Reward of each round's action and its terms (SPEC 3)", fig)
+    figs["reward"] = ("Reward of each round's action and its terms (docs/algorithm.md §3)", fig)
 
     fig, ax = plt.subplots(figsize=(9, 2.8))
     probes, policy = s.probe, ~s.probe

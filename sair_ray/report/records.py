@@ -3,8 +3,9 @@
 A log is named by a path (the `decisions.jsonl` file, or a directory holding one, such as
 a live app's data dir or a run's output dir) or by a Serve app name, which resolves to
 `<data dir>/<app>/decisions.jsonl` exactly as the live controller writes it
-(`sair_ray.live.paths`). Records are the log's decisions with their reward merged in
-(`DecisionLog.merged`), plus the live-only events (external changes, actuation errors).
+(`sair_ray.live.paths.ControllerFiles`). Records are the log's decisions with their reward
+merged in (`DecisionLog.merged`), plus the other events (external changes, actuation
+errors, failed rounds).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sair_ray.files import LOG_FILE
 from sair_ray.live.paths import app_data_dir, base_data_dir
-
-LOG_NAME = "decisions.jsonl"
 
 
 class LogError(ValueError):
@@ -48,21 +48,21 @@ def resolve(target: str, base: str | os.PathLike[str] | None = None) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        direct = p / LOG_NAME
+        direct = p / LOG_FILE
         if direct.is_file():
             return direct
-        found = sorted(p.rglob(LOG_NAME)) or sorted(p.rglob("*.jsonl"))
+        found = sorted(p.rglob(LOG_FILE)) or sorted(p.rglob("*.jsonl"))
         if len(found) == 1:
             return found[0]
         if found:
             listed = ", ".join(str(f) for f in found[:5])
             raise LogError(f"{p} holds {len(found)} decision logs ({listed}"
                            f"{', ...' if len(found) > 5 else ''}); name one of them")
-        raise LogError(f"no {LOG_NAME} under {p}")
+        raise LogError(f"no {LOG_FILE} under {p}")
     if os.sep in target or target.endswith(".jsonl"):
         raise LogError(f"{target} does not exist")
     try:
-        app_log = app_data_dir(target, base) / LOG_NAME
+        app_log = app_data_dir(target, base) / LOG_FILE
     except ValueError as e:
         raise LogError(str(e)) from None
     if app_log.is_file():

@@ -6,7 +6,7 @@ operator's or a `sair bench --log-dir` run's), read up to its latest round, so t
 works on a run that has finished. Both are first turned into `StatusView`; `render` draws
 it: end-to-end p99 against the SLA, per-stage replicas, CPU/memory, GPU rate, queue and
 utilisation with the last action, epsilon, memory, the last decision and the latest
-reward with its SPEC 3 terms, then the recent rounds.
+reward with its terms (docs/algorithm.md §3), then the recent rounds.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ class _Replica:
         self.leaving = False      # retiring: finish the current job, then go
         self.restart_next = False  # rolling restart: restart after the current job
         self.factor = 1.0
-        self.share = 1.0          # utilisation of this replica while busy (SPEC 2 units)
+        self.share = 1.0          # utilisation of this replica while busy (docs/algorithm.md §2)
         self.oom = False
         self.crashes = 0
 

@@ -150,7 +150,7 @@ class StageWindow:
     allocation: StageAllocation     # declared allocation at `end`
     serving_replicas: float         # time-average of replicas able to serve
     queue: int                      # requests waiting at `end`
-    util: float                     # SPEC 2 units (GPU: normalised to the rate quota)
+    util: float                     # docs/algorithm.md §2 units (GPU: normalised to the rate quota)
     p50_ms: float                   # processing latency of requests finished in the window
     p99_ms: float
     queue_delay_ms: float           # mean wait in the input queue of those requests

@@ -11,8 +11,8 @@ enough memory). The time it actually takes is `ref * factor(allocation)`:
 - CPU stages: Amdahl's law with parallel fraction p. With n = cpu_m / 1000 cores,
   S(n) = n for n <= 1 (a CFS quota below one core throttles the single thread), and
   S(n) = 1 / ((1 - p) + p / n) above one core; factor = S(n_ref) / S(n).
-- GPU stages: the token bucket (SPEC 8) caps kernel throughput at r of the device, so the
-  throttled share g (`gpu_fraction`, default 1) of the time stretches by 1/r:
+- GPU stages: the token bucket (docs/algorithm.md §8) caps kernel throughput at r of the
+  device, so the throttled share g (`gpu_fraction`, default 1) of the time stretches by 1/r:
   factor = g / r + (1 - g).
 - Memory: with m = mem_mb / need_mb, m >= 1 is unaffected; oom_ratio <= m < 1 slows the
   replica linearly up to `max_slowdown` at m = oom_ratio (paging, allocator and GC
@@ -84,7 +84,7 @@ class StageModel:
         return slow * self.cpu_speedup(self.ref_cpu_m) / self.cpu_speedup(cpu_m)
 
     def active_share(self, kind: StageKind, cpu_m: float, rate: float) -> float:
-        """Utilisation of a *busy* replica in SPEC 2's units.
+        """Utilisation of a *busy* replica in the units of docs/algorithm.md §2.
 
         CPU: cores in use per allocated core, S(n)/n (an idle core of a replica that cannot
         use it shows as headroom). GPU: active/wall normalised by the quota, which for a

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sair_ray.baselines import BASELINES, Static, make_baseline
+from sair_ray.baselines import Static
 from sair_ray.baselines.vpa import VPA
-from sair_ray.config import ValidatorConfig
+from sair_ray.config import SAIRConfig, ValidatorConfig
 from sair_ray.policy.base import Policy
+from sair_ray.registry import BASELINES, POLICIES, PolicyError, get, get_live, make_policy
 from sair_ray.sim.profiles import load_profile
 from sair_ray.validator import Validator
 from tests.baselines.helpers import alloc, request
@@ -25,9 +26,8 @@ def test_static_holds_one_replica_per_stage():
 
 def _make(name: str):
     prof = load_profile("image_classification")
-    kw = {"profile": prof, "workload": prof.default_workload()} if name == "oracle" else (
-        {"profile": prof} if name == "vpa" else {})
-    return prof, make_baseline(name, **kw)
+    return prof, make_policy(name, SAIRConfig(), pipeline=prof.pipeline, profile=prof,
+                             workload=prof.default_workload())
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -46,12 +46,24 @@ def test_every_baseline_is_a_policy_with_valid_proposals(name):
 
 
 def test_registry_names_aliases_and_errors():
-    assert make_baseline("HPA-CPU").name == "hpa"
-    assert make_baseline("ray-serve").name == "ray_serve"
-    assert make_baseline("threshold", cpu_p99_ms=50).cpu_p99_ms == 50
-    with pytest.raises(ValueError, match="unknown baseline"):
-        make_baseline("magic")
-    with pytest.raises(ValueError, match="profile and workload"):
-        make_baseline("oracle")
-    vpa = make_baseline("vpa", profile=load_profile("video_analysis"))
+    cfg, p = SAIRConfig(), pipeline()
+    assert make_policy("HPA-CPU", cfg, pipeline=p).name == "hpa"
+    assert make_policy("ray-serve", cfg, pipeline=p).name == "ray_serve"
+    assert make_policy("threshold", cfg, pipeline=p, cpu_p99_ms=50).cpu_p99_ms == 50
+    with pytest.raises(PolicyError, match="unknown policy 'magic'.*oracle"):
+        make_policy("magic", cfg, pipeline=p)
+    with pytest.raises(PolicyError, match="profile and workload"):
+        make_policy("oracle", cfg, pipeline=p)
+    prof = load_profile("video_analysis")
+    vpa = make_policy("vpa", cfg, pipeline=prof.pipeline, profile=prof)
     assert isinstance(vpa, VPA) and vpa.memory_need_mb["decode"] == 3072
+
+
+def test_registry_says_what_learns_and_where_it_runs():
+    assert [n for n, p in POLICIES.items() if p.learns] == ["sair", "sair-retrieval"]
+    assert "oracle" in BASELINES and get("oracle").simulator_only
+    with pytest.raises(PolicyError, match="clairvoyant"):
+        get_live("oracle")
+    with pytest.raises(PolicyError, match="unknown policy 'magic'; choose one of sair,"):
+        get_live("magic")
+    assert get_live("HPA").name == "hpa" and not get_live("hpa").learns

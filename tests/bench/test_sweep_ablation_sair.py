@@ -8,7 +8,7 @@ import json
 import pytest
 
 import sair_ray.bench.grid as grid
-from sair_ray.baselines import make_baseline
+from sair_ray.baselines import HPA
 from sair_ray.bench import BenchError, Scenario, build_ablation_grid, build_grid, run_one
 from sair_ray.bench.checks import allocation_problems, count_escapes
 from sair_ray.bench.grid import make_workload, run_scenario, sair_config
@@ -97,25 +97,17 @@ def test_ablation_grid_adds_full_sair_and_labels_variants():
 def test_ablation_config_reaches_the_run(monkeypatch):
     seen = {}
 
-    def fake_policy(method, cfg, pipeline):
-        seen["method"], seen["cfg"] = method, cfg
-        return make_baseline("hpa", validator=cfg.validator)
+    def fake_policy(sc, cfg, profile, workload):
+        seen["method"], seen["cfg"] = sc.method, cfg
+        return HPA(validator=cfg.validator)
 
-    monkeypatch.setattr(grid, "make_sair_policy", fake_policy)
+    monkeypatch.setattr(grid, "make_run_policy", fake_policy)
     row = run_one(Scenario(APP, "poisson", 3, "sair-retrieval", 0.05, "no_bonus"))
     cfg = seen["cfg"]
     assert seen["method"] == "sair-retrieval" and cfg.reward.beta == 0.0 and cfg.seed == 3
-    assert cfg.validator == ValidatorConfig()   # SPEC 7 limits, not the permissive ones
+    assert cfg.validator == ValidatorConfig()   # §7 limits, not the permissive ones
     assert row["label"] == "sair-retrieval[no_bonus]" and row["variant"] == "no_bonus"
     assert sair_config(0, "no_icl").retrieval.K == 0
-
-
-def test_sair_method_without_make_policy_is_a_clear_error(monkeypatch):
-    import sair_ray.policy
-
-    monkeypatch.delattr(sair_ray.policy, "make_policy", raising=False)
-    with pytest.raises(BenchError, match="'sair'.*make_policy"):
-        grid.make_sair_policy("sair", sair_config(0), load_profile(APP).pipeline)
 
 
 # -- the SAIR path -------------------------------------------------------------------------
@@ -124,7 +116,7 @@ def _sair_run(seed: int = 0):
     prof = load_profile(APP)
     cfg = sair_config(seed)
     return run_scenario(sc, prof, make_workload(prof, "burst", 900.0), cfg,
-                        make_baseline("hpa", validator=cfg.validator), learn=True)
+                        HPA(validator=cfg.validator), learn=True)
 
 
 def test_sair_path_explores_learns_and_never_escapes(tmp_path, monkeypatch):

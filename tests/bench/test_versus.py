@@ -1,4 +1,4 @@
-"""The SAIR-against-baselines summary of `sair bench` (issue 4's target, computed)."""
+"""The SAIR-against-baselines summary of `sair bench` (the project's target, computed)."""
 
 from __future__ import annotations
 

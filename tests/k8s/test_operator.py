@@ -65,7 +65,7 @@ def test_operator_scales_the_rayservice_and_reports_status(apiserver: ApiServer,
                for r in apiserver.store.requests if r.method == "PATCH")
     home = tmp_path / "k8s" / "default" / "imgcls"
     assert (home / "decisions.jsonl").stat().st_size > 0
-    assert json.loads((home / "state.json").read_text())["round"] >= 1
+    assert json.loads((home / "state.json").read_text())["controller"]["round"] >= 1
 
 
 def test_spec_change_rebuilds_and_delete_stops(apiserver: ApiServer,

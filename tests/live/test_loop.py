@@ -13,8 +13,9 @@ import pytest
 from sair_ray.backends.ray_serve import ExternalChange, ServeSetupError
 from sair_ray.backends.sim import SimBackend
 from sair_ray.decision_log import DecisionLog
-from sair_ray.live.loop import LiveLoop, LiveOptions, PolicyError, make_policy
-from sair_ray.live.paths import app_data_dir, read_json, write_json_atomic
+from sair_ray.files import read_json, write_json_atomic
+from sair_ray.live.loop import LiveLoop, LiveOptions
+from sair_ray.live.paths import app_data_dir
 
 CFG = {"loop": {"decision_interval_s": 10, "settle_s": 2},
        "validator": {"cooldown_up_s": 10, "cooldown_down_s": 30}}
@@ -90,6 +91,7 @@ def test_setup_failures_are_retried_not_fatal(tmp_path) -> None:
 def test_backend_events_go_to_the_decision_log(tmp_path) -> None:
     sim = _sim(_opts(tmp_path))
     sim.external_changes = deque([ExternalChange(5.0, "preprocess", "replicas", 2, 4)])
+    sim.actuation_errors = deque()
     loop = LiveLoop(_opts(tmp_path), backend_factory=lambda o: sim)
     loop.round(10)
     assert loop.status()["external_changes"][0]["observed"] == 4
@@ -117,11 +119,16 @@ def test_real_time_runner_ticks_every_interval_until_stopped(tmp_path) -> None:
     loop.close()
 
 
-def test_unknown_policy_is_refused(tmp_path) -> None:
-    from sair_ray.config import SAIRConfig
+def test_unknown_and_simulator_only_policies_are_refused(tmp_path) -> None:
+    from sair_ray.live import PolicyError
+    from sair_ray.live.handle import live_options
 
     with pytest.raises(PolicyError, match="unknown policy 'magic'.*threshold"):
-        make_policy("magic", SAIRConfig(), SimBackend("image_classification").pipeline)
+        live_options("image_classification", policy="magic", data_dir=tmp_path)
+    with pytest.raises(PolicyError, match="'oracle' is clairvoyant"):
+        live_options("image_classification", policy="oracle", data_dir=tmp_path)
+    loop = LiveLoop(_opts(tmp_path, "magic"), backend_factory=_sim)
+    assert loop.round(10) is None and "unknown policy" in loop.status()["last_error"]
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path) -> None:

@@ -44,7 +44,7 @@ def main() -> None:
     from sair_ray.cli import app
     from sair_ray.config import SAIRConfig
     from sair_ray.offline import OFFLINE_ENV
-    from sair_ray.policy import make_policy
+    from sair_ray.registry import make_policy
     from tests import factories
     from tests.policy.helpers import overloaded, request
     from tests.policy.openai_server import serving

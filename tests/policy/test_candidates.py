@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sair_ray.config import SAIRConfig
-from sair_ray.policy import make_policy
 from sair_ray.policy.candidates import build, default_choice
+from sair_ray.registry import make_policy
 from sair_ray.types import StageAllocation
 from sair_ray.validator import Validator
 from tests import factories

@@ -143,7 +143,7 @@ def test_warmup_sends_the_static_prefix_once():
 
 
 def test_fallback_decides_the_rounds_the_llm_fails_and_steps_back_when_it_answers():
-    from sair_ray.policy import make_policy
+    from sair_ray.registry import make_policy
 
     with serving() as srv:
         cfg = SAIRConfig().replace(**{"policy.backend": "vllm", "policy.url": srv.url,
@@ -204,7 +204,7 @@ def test_the_first_action_field_wins_over_one_inside_a_broken_rationale():
 
 
 def test_the_key_named_by_api_key_env_reaches_a_hosted_endpoint_over_ambient_ones(monkeypatch):
-    from sair_ray.policy import make_policy
+    from sair_ray.registry import make_policy
 
     key = "sk-mine-0123456789abcdef"
     monkeypatch.setenv("SAIR_TEST_KEY", key)
@@ -237,7 +237,7 @@ def test_the_key_is_in_no_log_decision_record_or_error(tmp_path, caplog, capsys,
     from sair_ray.controller import Controller
     from sair_ray.embedding import phi_dim
     from sair_ray.memory import ExperienceMemory
-    from sair_ray.policy import make_policy
+    from sair_ray.registry import make_policy
     from sair_ray.sim.workloads import Poisson
 
     key = "sk-canary-5f3a9c0d1e2b"

@@ -1,4 +1,4 @@
-"""Issue 13: SAIR reaches no network after install, and the policy's API key travels as
+"""SAIR reaches no network after install, and the policy's API key travels as
 `Authorization: Bearer <key>` and nowhere else.
 
 The offline check runs in a fresh interpreter (`offline_probe.py`) with every socket to a

@@ -1,4 +1,4 @@
-"""The prompt inputs of SPEC 6 / paper Appendix I."""
+"""The prompt inputs of docs/algorithm.md §6 / paper Appendix I."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reward properties of SPEC 3: separation, bounds, ablations."""
+"""Reward properties of docs/algorithm.md §3: separation, bounds, ablations."""
 
 from __future__ import annotations
 

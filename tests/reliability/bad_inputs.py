@@ -1,4 +1,4 @@
-"""Bad inputs given to the real `sair` command (issue 9.4), and the table docs show.
+"""Bad inputs given to the real `sair` command, and the table docs show.
 
 Each case writes its input files into a fresh directory, runs the installed `sair`
 console script there as a subprocess (so paths in messages are relative and stable) and

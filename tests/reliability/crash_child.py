@@ -34,10 +34,10 @@ from sair_ray.backends.sim import SimBackend
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
 from sair_ray.embedding import phi_dim
+from sair_ray.files import read_json, write_json_atomic
 from sair_ray.live.loop import LiveLoop, LiveOptions
-from sair_ray.live.paths import read_json, write_json_atomic
 from sair_ray.memory import ExperienceMemory
-from sair_ray.policy import make_policy
+from sair_ray.registry import make_policy
 from sair_ray.sim.workloads import Poisson
 from sair_ray.types import Experience, StageAllocation
 

@@ -1,4 +1,4 @@
-"""Helpers of the live fault tests (issue 9): image_classification on a private local Ray
+"""Helpers of the live fault tests: image_classification on a private local Ray
 with the dashboard, and an HTTP forwarder in front of the dashboard that a test can take
 down, bring back, or make hold a reply.
 

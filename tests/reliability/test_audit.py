@@ -1,4 +1,4 @@
-"""Dependency audit (issue 9.6): scripts/audit.sh and the judge it hands pip-audit's report
+"""Dependency audit: scripts/audit.sh and the judge it hands pip-audit's report
 to (scripts/audit_check.py). The vulnerability services cannot be reached from CI, so
 pip-audit is replaced here by a stand-in that answers the way pip-audit does (its JSON
 report, or its crash output when the service is unreachable); everything else is the

@@ -1,4 +1,4 @@
-"""Bad input (issue 9.4): one clear error each, a non-zero exit, nothing half-applied.
+"""Bad input: one clear error each, a non-zero exit, nothing half-applied.
 
 The CLI cases run the real `sair` console script in subprocesses (see bad_inputs.py);
 the shim cases call the real client on real paths (a missing one, a regular file, a

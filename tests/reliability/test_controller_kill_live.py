@@ -1,4 +1,4 @@
-"""The detached controller actor killed in the middle of a round (issue 9.2), live.
+"""The detached controller actor killed in the middle of a round, live.
 
 image_classification runs on a private local Ray; SAIR is attached as the real detached
 actor (`sair-retrieval`, real Parquet memory with fsync, every experience stored) and
@@ -28,7 +28,8 @@ import pytest
 from sair_ray.config import SAIRConfig
 from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
-from sair_ray.live.paths import app_data_dir, read_json
+from sair_ray.files import read_json
+from sair_ray.live.paths import app_data_dir
 from sair_ray.memory import ExperienceMemory
 from tests.ray_harness import free_port
 from tests.reliability.live_faults import (

@@ -1,4 +1,4 @@
-"""Controller crash (issue 9.2): SIGKILL a process running SAIR on the simulator with a real
+"""Controller crash: SIGKILL a process running SAIR on the simulator with a real
 ExperienceMemory mid-run, restart it from the same memory directory and its saved
 Controller.state(), twice; no acknowledged experience is lost and the round counter goes
 on from the saved state. Segments are 5 rows, so kills land in and around Parquet
@@ -20,7 +20,7 @@ import pytest
 from sair_ray.config import SAIRConfig
 from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
-from sair_ray.live.paths import read_json
+from sair_ray.files import read_json
 from sair_ray.memory import ExperienceMemory
 from tests.reliability.bad_inputs import ROOT
 

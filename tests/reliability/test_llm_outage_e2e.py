@@ -1,4 +1,4 @@
-"""LLM failures end to end (issue 9.1): the real controller on the real simulator, with the
+"""LLM failures end to end: the real controller on the real simulator, with the
 real LLMPolicy (DSPy + LiteLLM) talking HTTP to a real local OpenAI-compatible server that
 answers well, goes down (port closed), answers garbage and injection attempts, answers
 late, and comes back.
@@ -26,7 +26,7 @@ from sair_ray.controller import Controller
 from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
-from sair_ray.policy import make_policy
+from sair_ray.registry import make_policy
 from sair_ray.sim.workloads import Poisson
 from sair_ray.types import StageAllocation
 from tests.policy.openai_server import Server, completion

@@ -1,4 +1,4 @@
-"""Serving faults live (issue 9.2/9.3): image_classification on a private local Ray with
+"""Serving faults live: image_classification on a private local Ray with
 SAIR's LiveLoop (retrieval-only policy, real RayServeBackend, real Parquet memory) running
 beside it, while one of two things breaks:
 

@@ -1,4 +1,4 @@
-"""Load and soak, the short version (issue 9.5): benchmarks/soak_sim.py for a few simulated
+"""Load and soak, the short version: benchmarks/soak_sim.py for a few simulated
 minutes at 10x the profile's rate, rounds every 1 s, a memory cap of 100. The memory
 passes its cap over and over, is compacted each time, and neither it, its directory nor
 the process's RSS keep growing. The 30-minute run and its numbers: docs/reliability.md.

@@ -1,4 +1,4 @@
-"""The live soak, short (issue 9.5): benchmarks/soak_live.py for one minute of Poisson load
+"""The live soak, short: benchmarks/soak_live.py for one minute of Poisson load
 on image_classification with SAIR attached, sampling every 15 s. It checks that the script
 measures what it says (every process sampled, the controller learning each round, the
 metrics actor filling up, every request answered) and that its bound holds over this

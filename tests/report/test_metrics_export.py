@@ -14,7 +14,7 @@ from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
 from sair_ray.metrics_export import METRICS, MetricsExporter, ray_factory, safe_record
-from sair_ray.policy import make_policy
+from sair_ray.registry import make_policy
 from sair_ray.reward import TERMS
 from sair_ray.sim.workloads import Poisson
 

@@ -6,7 +6,7 @@ import pytest
 
 from sair_ray.backends.base import Backend
 from sair_ray.backends.sim import SimBackend
-from sair_ray.baselines import make_baseline
+from sair_ray.baselines import HPA
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller, run_virtual
 from sair_ray.types import Context, StageAllocation
@@ -56,7 +56,7 @@ def test_observe_advances_virtual_time():
 
 def test_controller_runs_a_baseline_on_the_simulator():
     b = SimBackend("image_classification", seed=2)
-    policy = make_baseline("hpa")
+    policy = HPA()
     ctl = Controller(b, policy, SAIRConfig(), explore=False)
     decisions = run_virtual(ctl, b, until=600)
     assert len(decisions) == 20

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from sair_ray.backends.sim import SimBackend
-from sair_ray.baselines import make_baseline
+from sair_ray.baselines import HPA, Static, Threshold
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller, run_virtual
 from sair_ray.memory import ExperienceMemory
 from sair_ray.sim.workloads import Poisson
 
 HOUR_HALF = 1800.0
+BASELINES = {"static": Static, "hpa": HPA, "threshold": Threshold}
 
 
 def run(policy_name: str, seed: int, tmp_path=None, **params):
@@ -19,7 +20,7 @@ def run(policy_name: str, seed: int, tmp_path=None, **params):
     if tmp_path is not None:
         mem = ExperienceMemory(tmp_path / f"mem-{policy_name}-{seed}",
                                7 * len(backend.pipeline.stages) + 3)
-    ctl = Controller(backend, make_baseline(policy_name, **params), cfg, memory=mem,
+    ctl = Controller(backend, BASELINES[policy_name](**params), cfg, memory=mem,
                      explore=mem is not None)
     decisions = run_virtual(ctl, backend, until=HOUR_HALF)
     if mem is not None:

@@ -1,8 +1,8 @@
-"""The loop's bookkeeping (SPEC 1), driven by a scripted backend.
+"""The loop's bookkeeping (docs/algorithm.md §1), driven by a scripted backend.
 
 The backend here is a test double for the world: it replays latencies chosen by the test
 and records what the controller applied. The loop against the real simulator is tested
-in tests/sim once that backend exists.
+in tests/sim/test_controller_on_sim.py.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sair_ray.config import SAIRConfig
-from sair_ray.cost import CostModel, per_1000_requests
-from sair_ray.embedding import phi, phi_dim, phi_names
+from sair_ray.cost import CostModel
+from sair_ray.embedding import STAGE_FEATURES, phi, phi_dim
 from sair_ray.types import StageAllocation
 from tests.factories import context, pipeline
 
@@ -23,8 +23,7 @@ def test_phi_layout_and_values():
     ctx = ctx.__class__(**{**ctx.__dict__, "cost_rate": 5.0})
     v = phi(ctx, p, V, lambda_ref=60, c_max=10)
     assert v.dtype == np.float32 and v.shape == (phi_dim(3),) == (24,)
-    assert phi_names(p)[:7] == ["preprocess." + f for f in
-                                ("replicas", "cpu", "mem", "rate", "util", "queue", "p99")]
+    assert STAGE_FEATURES == ("replicas", "cpu", "mem", "rate", "util", "queue", "p99")
     assert np.allclose(v[:7], [4 / 8, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0])
     assert v[7 + 3] == 0.5  # inference rate
     assert np.allclose(v[-3:], [0.75, 0.5, 0.5])
@@ -48,8 +47,6 @@ def test_cost_billable_vs_effective_and_c_max():
     assert math.isclose(costs.rate(alloc, effective=True), cpu_mem + 0.25 * 3.06)
     # C_max: 3 stages x 8 replicas x 4 cores = 96 > 64 cores; GPUs 8 > 2; memory 192 GB
     assert math.isclose(costs.max_rate(V), 64 * 0.024 + 192 * 0.006 + 2 * 3.06)
-    assert per_1000_requests(2.0, 4000) == 0.5
-    assert math.isnan(per_1000_requests(1.0, 0))
 
 
 def test_pipeline_spec_errors():

@@ -44,6 +44,20 @@ def test_round_trip_across_segments_and_journal(tmp_path):
         assert np.allclose(m.vectors[5], exp(5).phi)
 
 
+def test_contexts_are_read_when_a_row_is_first_asked_for(tmp_path):
+    with open_mem(tmp_path, segment_rows=4) as m:
+        for i in range(10):
+            m.add(exp(i))
+    with open_mem(tmp_path, segment_rows=4) as m:
+        assert [seg._table for seg in m._segments] == [None, None]  # ids, phi, rewards only
+        assert m.get(5).context == {"round": 5} and m.get(9).id == "e9"
+        assert m._segments[0]._table is None and m._segments[1]._table is not None
+        first = sorted((tmp_path / "segments").glob("*.parquet"))[0]
+        first.write_bytes(b"damaged after the open")
+        with pytest.raises(MemoryStoreError, match="cannot be read.*quarantine"):
+            m.get(0)
+
+
 def test_torn_final_journal_line_is_dropped_and_earlier_ones_kept(tmp_path):
     with open_mem(tmp_path) as m:
         for i in range(5):

@@ -1,4 +1,4 @@
-"""Surprisal retrieval against a direct transcription of SPEC 4."""
+"""Surprisal retrieval against a direct transcription of docs/algorithm.md §4."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def memory(tmp_path):
 
 
 def spec_selection(mem, q, K, n_cand, loo_k, lam, use_surprisal=True):
-    """SPEC 4 written out with plain loops over all stored experiences."""
+    """§4 written out with plain loops over all stored experiences."""
     X, R = mem.vectors.astype(np.float64), mem.rewards
     d2q = ((X - q) ** 2).sum(1)
     cand = list(np.argsort(d2q, kind="stable")[:n_cand])

@@ -1,0 +1,213 @@
+"""`sair bench`: methods x apps x patterns x seeds on the simulator (sair_ray.bench).
+
+One command with four modes: the grid (default), `--sweep` (tune the baselines),
+`--ablation` (SAIR variants) and `--bottleneck-eval` (score the bottleneck analyser). The
+command checks its options, builds the mode's grid, runs it with a progress bar and
+writes the mode's outputs; each step is a function below. The bench package is imported
+inside them so `sair --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from sair_ray.commands.console import err, error, fail, out
+
+if TYPE_CHECKING:
+    from sair_ray.bench import GridResult, Scenario
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
+
+
+def bench(
+    apps: Annotated[list[str] | None, typer.Option(
+        "--apps", help="App profiles, comma-separated or repeated (default: all; "
+                       "image_classification with --ablation).")] = None,
+    patterns: Annotated[list[str] | None, typer.Option(
+        "--patterns", help="poisson, ramp, burst (default: all).")] = None,
+    methods: Annotated[list[str] | None, typer.Option(
+        "--methods", help="Baselines and/or sair, sair-retrieval (default: every non-LLM "
+                          "method: the baselines and sair-retrieval; sair with "
+                          "--ablation).")] = None,
+    seeds: Annotated[int, typer.Option(help="Number of evaluation seeds (0..n-1).",
+                                       min=1)] = 3,
+    hours: Annotated[float, typer.Option(help="Simulated duration of each run.")] = 1.0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
+        "runs/bench"),
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 2,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Sweep HPA targets and threshold settings per app on the tuning "
+                        "seed; write every candidate and tuned.yaml (the winners).")] = False,
+    tuning_seed: Annotated[int, typer.Option(help="Seed of --sweep runs.", min=0)] = 1000,
+    tuned: Annotated[Path | None, typer.Option(
+        help="tuned.yaml from a sweep (default: the committed sair_ray/bench/tuned.py).")
+        ] = None,
+    untuned: Annotated[bool, typer.Option(
+        "--untuned", help="Run HPA and threshold with their paper defaults.")] = False,
+    ablation: Annotated[list[str] | None, typer.Option(
+        "--ablation", help="SAIR ablations (sair_ray.config.ABLATIONS), comma-separated; "
+                           "runs them and full SAIR on image_classification.")] = None,
+    bottleneck_eval: Annotated[bool, typer.Option(
+        "--bottleneck-eval", help="Evaluate bottleneck detection on --n generated "
+                                  "scenarios with known ground truth.")] = False,
+    n: Annotated[int, typer.Option("--n", help="Scenarios of --bottleneck-eval.",
+                                   min=1)] = 200,
+    eval_seed: Annotated[int, typer.Option(help="Seed of --bottleneck-eval scenarios.",
+                                           min=0)] = 0,
+    log_dir: Annotated[Path | None, typer.Option(
+        "--log-dir", help="Write every run's controller decision log (each round's context, "
+                          "retrieved episodes, reply, validated action and clamps, and its "
+                          "reward a round later; baselines too, they run through the same "
+                          "controller) to DIR/<app>/<pattern>/<method>[+<ablation>]/"
+                          "seed<N>/decisions.jsonl, for sair decisions, sair report and "
+                          "sair top. Not with --sweep or --bottleneck-eval.")] = None,
+) -> None:
+    """Run methods x apps x patterns x seeds on the simulator; write results.parquet,
+    results.md (means over seeds) and figures to --out. Ctrl-C stops and keeps finished
+    runs. --sweep tunes the baselines, --ablation runs SAIR variants, --bottleneck-eval
+    scores the bottleneck analyser, --log-dir keeps each run's decision log."""
+    command = _command_line()
+    _check_modes(sweep=sweep, ablation=bool(ablation), bottleneck_eval=bottleneck_eval,
+                 log_dir=log_dir)
+    if bottleneck_eval:
+        _bottleneck_eval(n, eval_seed, workers, out_dir, command)
+        return
+    grid = _build_grid(apps=apps, patterns=patterns, methods=methods, ablation=ablation,
+                       sweep=sweep, seeds=seeds, hours=hours, tuning_seed=tuning_seed,
+                       tuned=tuned, untuned=untuned)
+    res = _run(grid, sweep=sweep, workers=workers, log_dir=log_dir)
+    if not res.rows:
+        error("no run finished; nothing written")
+        for sc, e in res.failed[:3]:
+            err.print(f"[red]failed:[/red] {sc}: {e}")
+        raise typer.Exit(130 if res.interrupted else 1)
+    if sweep:
+        _write_sweep(res, out_dir, command)
+    else:
+        _write_grid(res, out_dir, command)
+    if log_dir is not None:
+        out.print(f"decision logs -> {log_dir}/<app>/<pattern>/<method>/seed<N>/"
+                  "decisions.jsonl")
+    _report_failures(res)
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeated and/or comma-separated option values; None when not given."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _command_line() -> str:
+    """The command as typed, written into the outputs so they say how to reproduce them;
+    empty when not run as `sair` (tests, `python -m`)."""
+    import shlex
+
+    return shlex.join(["sair", *sys.argv[1:]]) if Path(sys.argv[0]).name == "sair" else ""
+
+
+def _check_modes(*, sweep: bool, ablation: bool, bottleneck_eval: bool,
+                 log_dir: Path | None) -> None:
+    modes = [name for name, on in (("--sweep", sweep), ("--ablation", ablation),
+                                   ("--bottleneck-eval", bottleneck_eval)) if on]
+    if len(modes) > 1:
+        fail(f"{' and '.join(modes)} cannot be combined")
+    if log_dir is not None and (sweep or bottleneck_eval):
+        # sweep candidates differ only in settings, so their logs would share a directory
+        fail(f"--log-dir cannot be combined with {modes[0]}")
+
+
+def _bottleneck_eval(n: int, seed: int, workers: int, out_dir: Path, command: str) -> None:
+    from sair_ray.bench import bottleneck_eval as be
+
+    with err.status(f"bottleneck evaluation: {n} scenarios"):
+        rows = be.evaluate(n, seed, workers)
+    paths = be.write_outputs(rows, out_dir, command)
+    out.print(paths["markdown"].read_text(), markup=False, highlight=False)
+    out.print(f"-> {paths['scenarios']}, {paths['metrics']}, {paths['markdown']}")
+
+
+def _build_grid(*, apps: list[str] | None, patterns: list[str] | None,
+                methods: list[str] | None, ablation: list[str] | None, sweep: bool,
+                seeds: int, hours: float, tuning_seed: int, tuned: Path | None,
+                untuned: bool) -> list[Scenario]:
+    """The scenarios of the mode chosen (the list options as given: repeated and/or
+    comma-separated); a bad app, pattern, method or ablation exits 2."""
+    from sair_ray.bench import APPS, DEFAULT_METHODS, PATTERNS, BenchError, build_grid
+    from sair_ray.bench.grid import ABLATION_APP, build_ablation_grid
+    from sair_ray.bench.tuned import TUNED, load_tuned
+
+    try:
+        if sweep:
+            from sair_ray.bench.sweep import build_sweep
+
+            return build_sweep(_names(apps) or APPS, _names(patterns) or PATTERNS, hours,
+                               tuning_seed)
+        if ablation:
+            return build_ablation_grid(_names(ablation) or [], _names(methods) or ["sair"],
+                                       _names(patterns) or PATTERNS, seeds, hours,
+                                       _names(apps) or [ABLATION_APP])
+        settings = None if untuned else (load_tuned(tuned) if tuned else TUNED)
+        return build_grid(_names(apps) or APPS, _names(patterns) or PATTERNS,
+                          _names(methods) or DEFAULT_METHODS, seeds, hours, tuned=settings)
+    except (BenchError, ValueError) as e:
+        fail(str(e))
+
+
+def _run(grid: list[Scenario], *, sweep: bool, workers: int,
+         log_dir: Path | None) -> GridResult:
+    from sair_ray.bench import run_grid
+    from sair_ray.progress import progress_bar
+
+    with progress_bar(err) as progress:
+        task = progress.add_task("sweep" if sweep else "bench", total=len(grid))
+
+        def advance(sc: object, row: object) -> None:
+            progress.advance(task)
+
+        return run_grid(grid, workers=workers, on_result=advance, log_dir=log_dir)
+
+
+def _write_sweep(res: GridResult, out_dir: Path, command: str) -> None:
+    from sair_ray.bench.sweep import write_sweep_outputs
+
+    paths = write_sweep_outputs(res.rows, out_dir, command)
+    out.print(paths["markdown"].read_text(), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"{len(res.rows)}/{res.total} runs -> {paths['parquet']}, "
+              f"{paths['markdown']}, {paths['tuned']}")
+
+
+def _write_grid(res: GridResult, out_dir: Path, command: str) -> None:
+    """results.parquet, results.md and, with matplotlib, the figures."""
+    from sair_ray.bench import figures
+    from sair_ray.bench.report import to_markdown, write_outputs
+
+    paths = write_outputs(res.rows, out_dir, command)
+    out.print(to_markdown(res.rows), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"{len(res.rows)}/{res.total} runs -> {paths['parquet']}, "
+              f"{paths['markdown']}")
+    if not figures.available():
+        err.print("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
+        return
+    from sair_ray.sim.profiles import load_profile
+
+    sla = {a: load_profile(a).pipeline.sla_ms for a in {r["app"] for r in res.rows}}
+    pngs = figures.write_figures(res.rows, out_dir, sla)
+    out.print("figures -> " + ", ".join(str(p) for p in pngs))
+
+
+def _report_failures(res: GridResult) -> None:
+    """Name the runs that failed; exit 130 when interrupted, 1 when a run failed."""
+    for sc, e in res.failed:
+        err.print(f"[red]failed:[/red] {sc}: {e}")
+    if res.interrupted:
+        err.print(f"interrupted: kept {len(res.rows)} of {res.total} runs")
+        raise typer.Exit(130)
+    if res.failed:
+        raise typer.Exit(1)

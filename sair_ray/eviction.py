@@ -48,6 +48,9 @@ def frontier_rows(latency: np.ndarray, cost: np.ndarray, arrival: np.ndarray) ->
 
 
 def all_surprisal(memory: ExperienceMemory) -> np.ndarray:
+    # Every row's list: from the graph, not from exact scans of a memory still rebuilding
+    # its index after a restart (a scan per row would cost far more than the rebuild).
+    memory.wait_ready()
     n = len(memory)
     nd2 = np.concatenate([memory.neighbours(np.arange(lo, min(n, lo + CHUNK)))[1][:, 0]
                           for lo in range(0, n, CHUNK)])

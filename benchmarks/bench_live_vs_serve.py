@@ -81,7 +81,7 @@ def say(msg: str) -> None:
 
 # -- configs ----------------------------------------------------------------------------------
 def stage_names() -> list[str]:
-    from sair_ray.sim.profiles import load_profile
+    from sair_ray.profiles import load_profile
 
     return [s.name for s in load_profile(APP).pipeline.stages]
 
@@ -229,7 +229,7 @@ def scale_events(samples: list[Sample], stages: list[str]) -> list[dict[str, Any
 # -- load -------------------------------------------------------------------------------------
 def load_plan(a: argparse.Namespace) -> Any:
     from sair_ray.loadgen import build_plan
-    from sair_ray.sim.workloads import Burst, Ramp
+    from sair_ray.workloads import Burst, Ramp
 
     if a.pattern == "burst":
         # the first spike comes after `phase` s at the base rate (SAIR's first round and
@@ -627,7 +627,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sair_ray.sim.profiles import load_profile
+    from sair_ray.profiles import load_profile
 
     a = parse_args(argv)
     out = a.out

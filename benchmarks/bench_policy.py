@@ -27,8 +27,8 @@ from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller, run_virtual
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
+from sair_ray.profiles import load_profile
 from sair_ray.registry import make_policy
-from sair_ray.sim.profiles import load_profile
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import argparse
 import time
 
 from sair_ray.backends.sim import SimBackend
-from sair_ray.sim.profiles import list_profiles
+from sair_ray.profiles import list_profiles
 
 
 def one_run(name: str, seed: int, until: float) -> tuple[int, float, float]:

@@ -141,7 +141,7 @@ def soak(minutes: float = 10.0, rate: float = 2.0, interval_s: float = 10.0,
     from sair_ray.loadgen import LoadRunner, app_bodies, build_plan
     from sair_ray.observe import METRICS_NAMESPACE, MetricsClient, drop_aggregator
     from sair_ray.observe import actor_name as metrics_name
-    from sair_ray.sim.workloads import Poisson
+    from sair_ray.workloads import Poisson
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     work = Path(workdir or tempfile.mkdtemp(prefix="sair-soak-live-"))

@@ -32,9 +32,9 @@ from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
+from sair_ray.profiles import load_profile
 from sair_ray.registry import make_policy
-from sair_ray.sim.profiles import load_profile
-from sair_ray.sim.workloads import Poisson
+from sair_ray.workloads import Poisson
 
 
 @dataclass
@@ -106,7 +106,7 @@ def soak(app: str = "image_classification", minutes: float = 30.0, scale: float 
                     disk_kb=round(disk_kb(mem_dir), 1), stored=ctl.counters.stored,
                     evicted=ctl.counters.evicted, rounds=ctl.counters.rounds,
                     requests=tot.completed + tot.drops + tot.errors,
-                    p99_ms=round(d.context["p99_ms"], 1)))
+                    p99_ms=round(d.context.p99_ms, 1)))
                 next_sample += 60.0
     finally:
         ctl.close()

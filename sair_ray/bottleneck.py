@@ -26,6 +26,7 @@ latency share is named; otherwise "none".
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,6 +62,11 @@ class BottleneckReport:
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "stages": list(self.stages), "reason": self.reason,
                 "symptoms": [asdict(s) for s in self.symptoms]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BottleneckReport:
+        return cls(str(d["label"]), tuple(d["stages"]),
+                   tuple(StageSymptoms(**s) for s in d.get("symptoms", ())), str(d["reason"]))
 
 
 def _f(x: float) -> float:

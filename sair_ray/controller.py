@@ -21,6 +21,7 @@ from sair_ray.backends.base import Backend
 from sair_ray.bottleneck import analyse
 from sair_ray.config import SAIRConfig
 from sair_ray.cost import CostModel
+from sair_ray.decision import Decision, Recalled
 from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi
 from sair_ray.eviction import enforce_cap
@@ -30,7 +31,7 @@ from sair_ray.pareto import BucketedFrontiers
 from sair_ray.policy.base import Policy, PolicyReply, PolicyRequest
 from sair_ray.retrieval import Retriever
 from sair_ray.reward import Outcome, RewardBreakdown, RewardModel, capacity_added
-from sair_ray.types import Action, Context, Decision, Experience
+from sair_ray.types import Action, Context, Experience
 from sair_ray.validator import Cooldowns, Validator
 
 log = logging.getLogger(__name__)
@@ -133,34 +134,24 @@ class Controller:
         episodes = self.retriever.select(phi_t) if self.retriever is not None else []
         t["retrieve"] = self._ms(s)
 
-        decision = Decision(round=round_no, time=now, app=self.pipeline.name, source="",
-                            context=ctx.to_dict(), epsilon=self.epsilon.epsilon,
-                            bottleneck=report.to_dict(),
-                            retrieved=[e.summary() for e in episodes])
+        epsilon = self.epsilon.epsilon   # before the draw decays it
         s = self._perf()
         if self.explore and self.epsilon.draw(self.rng):
             c.probes += 1
-            decision.source = "probe"
-            decision.proposal = probe(
-                self.pipeline, ctx.allocation, self.cfg.validator, self.rng,
-                safe=self.cfg.exploration.safe)
-            decision.rationale = "forced exploration probe"
+            source, rationale = "probe", "forced exploration probe"
+            reply = PolicyReply(proposal=probe(self.pipeline, ctx.allocation, self.cfg.validator,
+                                               self.rng, safe=self.cfg.exploration.safe))
         else:
             reply = self._ask_policy(PolicyRequest(
                 now=now, context=ctx, pipeline=self.pipeline,
                 free=self.backend.free_resources(), bottleneck=report, episodes=episodes,
                 history=tuple(self.history)))
-            decision.source = f"policy:{self.policy.name}"
-            decision.proposal, decision.rationale = reply.proposal, reply.rationale
-            decision.raw_reply, decision.error = reply.raw, reply.error
-            decision.prompt_chars = reply.prompt_chars
+            source, rationale = f"policy:{self.policy.name}", reply.rationale
         t["decide"] = self._ms(s)
 
         s = self._perf()
-        validated = self.validator.validate(decision.proposal, ctx.allocation, now=now,
+        validated = self.validator.validate(reply.proposal, ctx.allocation, now=now,
                                             free=self.backend.free_resources())
-        decision.action = validated.action.to_dict()
-        decision.clamps = [cl.to_dict() for cl in validated.clamps]
         c.clamped += bool(validated.clamps)
         if validated.action.is_noop:
             c.noops += 1
@@ -169,11 +160,16 @@ class Controller:
             self.validator.commit(validated.action, now)
             self.last_action_at = now
         t["act"] = self._ms(s)
-        decision.timings_ms = t
 
+        decision = Decision(
+            round=round_no, time=now, app=self.pipeline.name, source=source, context=ctx,
+            action=validated.action, targets=validated.targets, epsilon=epsilon,
+            bottleneck=report, retrieved=tuple(Recalled.of(e) for e in episodes),
+            prompt_chars=reply.prompt_chars, raw_reply=reply.raw, proposal=reply.proposal,
+            clamps=validated.clamps, rationale=rationale, timings_ms=t, error=reply.error)
         self._pending = _Pending(round_no, ctx, phi_t, validated.action)
         self.history = (self.history + [ctx])[-HISTORY:]
-        self.log.write("decision", decision.to_dict())
+        self.log.write("decision", decision.to_record())
         return decision
 
     def _ask_policy(self, request: PolicyRequest) -> PolicyReply:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from sair_ray.config import ExplorationConfig, ValidatorConfig
+from sair_ray.proposal import Proposal, resize, scale_replicas, set_rate
 from sair_ray.types import PipelineSpec, StageAllocation
 
 
@@ -48,7 +48,7 @@ def step_grid(dim: str, v: ValidatorConfig) -> list[float]:
 
 
 def probe(pipeline: PipelineSpec, current: Mapping[str, StageAllocation], v: ValidatorConfig,
-          rng: np.random.Generator, *, safe: bool = False) -> dict[str, Any]:
+          rng: np.random.Generator, *, safe: bool = False) -> Proposal:
     """A random one-step proposal; `safe` keeps only the steps that add capacity without
     restarting a stage's only replica (see the module docstring)."""
     stage = pipeline.stages[int(rng.integers(len(pipeline.stages)))]
@@ -62,9 +62,9 @@ def probe(pipeline: PipelineSpec, current: Mapping[str, StageAllocation], v: Val
         grid = [g for g in grid if g > 0]
     step = grid[int(rng.integers(len(grid)))]
     if dim == "replicas":
-        return {stage.name: {"action": "scale_replicas", "replicas": cur.replicas + int(step)}}
+        return {stage.name: scale_replicas(cur.replicas + int(step))}
     if dim == "rate":
-        return {stage.name: {"action": "adjust_rate", "rate_ratio": round(cur.rate + step, 6)}}
-    field = "cpu_millicores" if dim == "cpu_m" else "memory_mb"
-    return {stage.name: {"action": "scale_resources",
-                         field: int(getattr(cur, dim) + step)}}
+        return {stage.name: set_rate(round(cur.rate + step, 6))}
+    if dim == "cpu_m":
+        return {stage.name: resize(cpu_m=int(cur.cpu_m + step))}
+    return {stage.name: resize(mem_mb=int(cur.mem_mb + step))}

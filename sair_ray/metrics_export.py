@@ -23,7 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sair_ray.decision import Decision
 from sair_ray.reward import TERMS
+from sair_ray.types import StageKind
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +148,17 @@ class MetricsExporter:
         if f is not None:  # a NaN gauge would plot as a gap at best, garbage at worst
             self.m[name].set(f, tags=self._tags(**tags))
 
-    def record(self, decision: Any, controller: Any) -> None:
-        """Export one round: `decision` (sair_ray.types.Decision) and the controller's
-        counters, memory and epsilon after it."""
+    def record(self, decision: Decision, controller: Any) -> None:
+        """Export one round: `decision` and the controller's counters, memory and epsilon
+        after it."""
         d, c = decision, controller.counters
-        source = "probe" if d.source == "probe" else "policy"
+        source = "probe" if d.probed else "policy"
         self.m["sair_decisions"].inc(1, tags=self._tags(source=source))
-        if d.action:
+        if d.acted:
             self.m["sair_actions"].inc(1, tags=self._tags())
         for cl in d.clamps:
-            self.m["sair_validator_clamps"].inc(1, tags=self._tags(
-                stage=str(cl.get("stage")), field=str(cl.get("field"))))
+            self.m["sair_validator_clamps"].inc(1, tags=self._tags(stage=str(cl.stage),
+                                                                   field=str(cl.field)))
         now = {k: float(getattr(c, k)) for k in _COUNTERS}
         # First round after a (re)start: the counters restart at 0 with the controller, so
         # their values are increments already.
@@ -183,29 +185,21 @@ class MetricsExporter:
             self._set("sair_memory_experiences", len(mem))
         self._set("sair_epsilon", d.epsilon)
         ctx = d.context
-        for key, name in (("p99_ms", "sair_p99_ms"), ("sla_ms", "sair_sla_ms"),
-                          ("arrival_rate", "sair_arrival_rate"), ("cost_rate", "sair_cost_rate")):
-            self._set(name, ctx.get(key))
-        for stage, target in targets(d).items():
+        self._set("sair_p99_ms", ctx.p99_ms)
+        self._set("sair_sla_ms", ctx.sla_ms)
+        self._set("sair_arrival_rate", ctx.arrival_rate)
+        self._set("sair_cost_rate", ctx.cost_rate)
+        # the validator's targets: the allocation after this round's action (a no-op round:
+        # what was observed)
+        for stage, target in d.targets.items():
             for key, name in _TARGETS.items():
-                self._set(name, target[key], stage=stage)
-            if target["kind"] == "gpu":
-                self._set("sair_stage_gpu_rate_target", target["rate"], stage=stage)
+                self._set(name, getattr(target, key), stage=stage)
+            if ctx.stage(stage).kind is StageKind.GPU:
+                self._set("sair_stage_gpu_rate_target", target.rate, stage=stage)
 
 
-def targets(decision: Any) -> dict[str, dict[str, Any]]:
-    """Per stage, the allocation after this round's validated action: what was observed
-    plus the action's deltas (a no-op round: what was observed)."""
-    out = {}
-    for s in decision.context.get("stages", []):
-        delta = decision.action.get(s["name"], {})
-        out[s["name"]] = {"kind": s.get("kind"),
-                          **{k: s[k] + delta.get(k, 0) for k in ("replicas", "cpu_m", "mem_mb",
-                                                                 "rate")}}
-    return out
-
-
-def safe_record(exporter: MetricsExporter | None, decision: Any, controller: Any) -> None:
+def safe_record(exporter: MetricsExporter | None, decision: Decision,
+                controller: Any) -> None:
     """`exporter.record`, never raising: metrics must not stop the control loop."""
     if exporter is None:
         return

@@ -25,9 +25,9 @@ from typing import Any
 from sair_ray.baselines import HPA, VPA, Oracle, RayServeDefault, Static, Threshold
 from sair_ray.config import SAIRConfig
 from sair_ray.policy.base import Policy
-from sair_ray.sim.profiles import Profile
-from sair_ray.sim.workloads import Workload
+from sair_ray.profiles import Profile
 from sair_ray.types import PipelineSpec
+from sair_ray.workloads import Workload
 
 
 class PolicyError(ValueError):

@@ -36,11 +36,6 @@ class Retrieved:
     surprisal: float   # S_i
     gain: float        # marginal gain when it was picked (nan for "random")
 
-    def summary(self) -> dict[str, float | str]:
-        return {"id": self.experience.id, "reward": round(self.experience.reward, 4),
-                "similarity": round(self.similarity, 4), "surprisal": round(self.surprisal, 4),
-                "gain": round(self.gain, 4)}
-
 
 def surprisal(memory: ExperienceMemory, rows: np.ndarray, sigma: float) -> np.ndarray:
     """Leave-one-out surprisal |R_i - r_hat_-i| of each row (0 for a row with no neighbour)."""

@@ -27,11 +27,12 @@ from typing import Any
 from sair_ray.backends.base import AdoptsExternalChanges, Backend, ReportsEvents
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
+from sair_ray.decision import Decision
 from sair_ray.embedding import phi_dim
 from sair_ray.files import ControllerFiles, read_json, write_json_atomic
 from sair_ray.memory import ExperienceMemory
 from sair_ray.policy.base import Policy
-from sair_ray.types import Action, Context, Decision, PipelineSpec, StageAllocation, StageDelta
+from sair_ray.types import Action, Context, PipelineSpec, StageAllocation, StageDelta
 
 log = logging.getLogger(__name__)
 

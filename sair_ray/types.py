@@ -1,8 +1,9 @@
 """Domain types shared by every part of SAIR: pipelines, observations, actions, experiences.
 
 Values are frozen dataclasses. Everything that crosses a process or disk boundary
-(contexts, actions, experiences, decisions) has `to_dict` / `from_dict` with plain JSON
-types, so the decision log and the memory can be replayed without this code's classes.
+(contexts, actions, experiences) has `to_dict` / `from_dict` with plain JSON types, so the
+decision log and the memory can be replayed without this code's classes. The record of a
+whole round is `sair_ray.decision.Decision`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -295,29 +296,3 @@ class Experience:
     reward: float
     latency_ms: float
     cost_rate: float
-
-
-@dataclass
-class Decision:
-    """Everything one round did, with enough to replay it (docs/algorithm.md §1 step 6)."""
-
-    round: int
-    time: float
-    app: str
-    source: str                          # "llm" | "probe" | "policy:<name>" | "noop"
-    context: dict[str, Any]
-    epsilon: float = 0.0
-    bottleneck: dict[str, Any] = field(default_factory=dict)
-    retrieved: list[dict[str, Any]] = field(default_factory=list)
-    prompt_chars: int = 0
-    raw_reply: str = ""
-    proposal: Any = None
-    action: dict[str, Any] = field(default_factory=dict)
-    clamps: list[dict[str, Any]] = field(default_factory=list)
-    rationale: str = ""
-    reward: dict[str, Any] | None = None  # filled one round later, when the outcome is seen
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    error: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}

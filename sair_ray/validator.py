@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sair_ray.config import ValidatorConfig
+from sair_ray.proposal import ACTION, FIELDS, VERBS
 from sair_ray.types import (
     Action,
     Allocation,
@@ -39,16 +40,7 @@ from sair_ray.types import (
 
 log = logging.getLogger(__name__)
 
-# JSON field of each action dimension (docs/algorithm.md §6) and which verbs touch it.
-FIELDS = {"replicas": "replicas", "cpu_m": "cpu_millicores", "mem_mb": "memory_mb",
-          "rate": "rate_ratio"}
-VERBS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "scale_replicas": frozenset({"replicas"}),
-    "scale_resources": frozenset({"cpu_m", "mem_mb"}),
-    "scale_both": frozenset({"replicas", "cpu_m", "mem_mb"}),
-    "adjust_rate": frozenset({"rate"}),
-}
+# The keys and verbs a proposal may use are defined once, in `sair_ray.proposal`.
 CPU_DIMS = frozenset({"replicas", "cpu_m", "mem_mb"})
 GPU_DIMS = frozenset({"replicas", "rate"})
 
@@ -186,7 +178,7 @@ class Validator:
     def _dims(self, spec: StageSpec, entry: Mapping[str, Any],
               clamps: list[Clamp]) -> frozenset[str]:
         kind_dims = GPU_DIMS if spec.is_gpu else CPU_DIMS
-        verb = entry.get("action")
+        verb = entry.get(ACTION)
         if isinstance(verb, str) and verb in VERBS:
             dims = VERBS[verb] & kind_dims
             if VERBS[verb] and not dims:

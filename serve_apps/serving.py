@@ -217,7 +217,7 @@ def build(defn: PipelineDef, args: Mapping[str, Any] | None = None) -> serve.App
     sockets in shim_dir (default /tmp/sair-gpu), so SAIR can set their GPU rate;
     reserve_memory (default true): ask Ray for the profile's memory per replica (false
     leaves memory unreserved, for small machines hosting several apps)."""
-    from sair_ray.sim.profiles import load_profile
+    from sair_ray.profiles import load_profile
 
     args = dict(args or {})
     unknown = sorted(set(args) - set(BUILD_ARGS))

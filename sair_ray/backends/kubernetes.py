@@ -25,10 +25,11 @@ Stages that are not Ray Serve deployments can be plain Kubernetes `Deployment`s
 (`apps/v1`): `spec.replicas` and the container's resource requests, in one strategic
 merge patch with the same conflict rule.
 
-Metrics do not come from Kubernetes: the backend takes a `MetricsSource` (the live Ray
-metrics client inside the cluster, or the simulator for dry runs) and overlays the
-allocation it reads from the RayService, which is the allocation in force as far as
-KubeRay is concerned (the desired state, as an HPA reads `spec.replicas`).
+Metrics do not come from Kubernetes: the backend takes a `MetricsSource`
+(`sair_ray/backends/metrics.py`: the live Ray metrics client inside the cluster, or the
+simulator for dry runs) and reads its windows against the allocation it reads from the
+RayService, which is the allocation in force as far as KubeRay is concerned (the desired
+state, as an HPA reads `spec.replicas`).
 
 The `kubernetes` package is imported only by the classes that talk to a cluster, so the
 serveConfigV2 logic and dry runs work without it.
@@ -42,10 +43,11 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import yaml
 
+from sair_ray.backends.metrics import FollowsAllocation, MetricsSource, context_from_window
 from sair_ray.types import ClusterResources, Context, PipelineSpec, StageAllocation, StageSpec
 
 log = logging.getLogger(__name__)
@@ -518,22 +520,6 @@ def deployment_patch(obj: Mapping[str, Any], spec: StageSpec, container: str, re
     return (body, changes) if changes else None
 
 
-# -- metrics ----------------------------------------------------------------------------------
-@runtime_checkable
-class MetricsSource(Protocol):
-    """Where the per-stage latency, queue and utilisation metrics come from."""
-
-    def window(self, start: float, end: float,
-               allocation: Mapping[str, StageAllocation]) -> Context:
-        """Metrics over [start, end) of a pipeline running `allocation` (the backend's
-        reading of the cluster objects; a GPU stage's utilisation is relative to its rate)."""
-        ...
-
-    def allocation_changed(self, target: Mapping[str, StageAllocation], now: float) -> None:
-        """Told after every actuation (a simulator follows it; live sources ignore it)."""
-        ...
-
-
 # -- the backend ----------------------------------------------------------------------------------
 @dataclass
 class KubeRayBackend:
@@ -594,20 +580,7 @@ class KubeRayBackend:
             raise KubernetesBackendError("no metrics source: the backend can act but not observe")
         alloc = self.allocation()
         self._last_alloc = alloc
-        ctx = self.metrics.window(start, end, alloc)
-        stages = []
-        for spec in self.pipeline_spec.stages:
-            try:
-                obs = ctx.stage(spec.name)
-            except KeyError:
-                raise KubernetesBackendError(
-                    f"the metrics source reported no stage {spec.name!r} "
-                    f"(it reported {[s.name for s in ctx.stages]})") from None
-            a = alloc[spec.name]
-            stages.append(replace(obs, replicas=a.replicas, cpu_m=a.cpu_m, mem_mb=a.mem_mb,
-                                  rate=a.rate))
-        return replace(ctx, app=self.pipeline_spec.name, stages=tuple(stages),
-                       sla_ms=self.pipeline_spec.sla_ms)
+        return context_from_window(self.metrics.window(start, end), self.pipeline_spec, alloc)
 
     def apply(self, target: Mapping[str, StageAllocation], now: float) -> None:
         serve_targets = {s: a for s, a in target.items() if s in self.serve}
@@ -635,7 +608,7 @@ class KubeRayBackend:
 
             self._record(patch_with_retry(d.store, make_dep, self.max_attempts))
         self._last_alloc = None
-        if self.metrics is not None:
+        if isinstance(self.metrics, FollowsAllocation):
             self.metrics.allocation_changed(target, now)
 
     def _record(self, rec: PatchRecord | None) -> None:

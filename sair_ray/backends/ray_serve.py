@@ -4,10 +4,12 @@ Where each part comes from (docs/live.md has the full table):
 
 - **pipeline**: the app's profile (`sair_ray/profiles/<app>.yaml` or a user YAML); stage
   names are Serve deployment names. The cluster size comes from `ray.cluster_resources()`.
-- **observe**: per-stage and end-to-end metrics from the app's metrics actor
-  (`sair_ray.observe.MetricsClient`); replica targets and `ray_actor_options` (CPU,
-  memory, GPUs) from the dashboard's Serve REST API (`GET /api/serve/applications/`);
-  GPU rate from each GPU replica's cuda_tb shim socket.
+- **observe**: per-stage and end-to-end metrics from a `MetricsSource`
+  (`sair_ray/backends/metrics.py`; by default the app's metrics actor through
+  `sair_ray.observe.MetricsClient`); replica targets and `ray_actor_options` (CPU,
+  memory, GPUs) from the dashboard's Serve REST API (`GET /api/serve/applications/`),
+  read once per round and shared by `sync`, `observe` and `apply`; GPU rate from each GPU
+  replica's cuda_tb shim socket.
 - **apply**: replica counts through Serve's external-scaler API
   (`POST /api/v1/applications/{app}/deployments/{dep}/scale`); CPU and memory through a
   redeploy of the app's declarative config with new `ray_actor_options` (a rolling
@@ -32,8 +34,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sair_ray.observe.context import context_from_window
-from sair_ray.sim.profiles import Profile, ProfileError, load_profile
+from sair_ray.backends.metrics import MetricsSource, context_from_window
+from sair_ray.profiles import Profile, ProfileError, load_profile
 from sair_ray.types import (
     ClusterResources,
     Context,
@@ -288,14 +290,14 @@ class RayServeBackend:
     """The Backend port on a running Serve application (see the module docstring).
 
     `profile`: a Profile, a path to a profile YAML, or None for the shipped profile named
-    like the app. `metrics`: anything with `window(start, end) -> AppWindow` (default: the
-    app's `sair_ray.observe.MetricsClient`). `resources`: returns (total, available) Ray
+    like the app. `metrics`: a `MetricsSource` (default: the app's
+    `sair_ray.observe.MetricsClient`). `resources`: returns (total, available) Ray
     resources (default: `ray.cluster_resources()`, `ray.available_resources()`).
     """
 
     def __init__(self, app: str, *, profile: Profile | str | Path | None = None,
                  admin: ServeAdmin | None = None, dashboard_url: str | None = None,
-                 metrics: Any = None,
+                 metrics: MetricsSource | None = None,
                  resources: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]]
                  | None = None,
                  history: int = 200) -> None:
@@ -314,6 +316,7 @@ class RayServeBackend:
         self._warned: set[str] = set()
         self._unconfirmed: set[str] = set()   # stages of an apply cut off by an outage
         self.last_view: AppView = view
+        self._round_at: float | None = None   # the round whose dashboard read is last_view
 
     # -- Backend protocol ---------------------------------------------------------------
     @property
@@ -321,7 +324,7 @@ class RayServeBackend:
         return self._pipeline
 
     def observe(self, start: float, end: float) -> Context:
-        view = self._view()
+        view = self._view(end)
         allocation = self._allocation(view)
         self._detect_external(allocation, end)
         ctx = context_from_window(self.metrics.window(start, end), self._pipeline, allocation)
@@ -338,7 +341,8 @@ class RayServeBackend:
         the round fails as a whole rather than counting as an applied action. The stages
         not reached are recorded as actuation errors.
         """
-        view = self._view()
+        view = self._view(now)
+        self._round_at = None  # what follows changes the app: the next round reads anew
         current = self._allocation(view)
         resources: dict[str, StageAllocation] = {}
         failed: set[str] = set()
@@ -399,20 +403,26 @@ class RayServeBackend:
         """Compare the deployed allocation with what SAIR last left, record differences in
         `external_changes` and adopt them; returns the new ones. The live loop calls this
         before each round so the round already treats a user's change as the status quo."""
-        return self._detect_external(self._allocation(self._view()), now)
+        return self._detect_external(self._allocation(self._view(now)), now)
 
     # -- parts --------------------------------------------------------------------------------
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> MetricsSource:
         if self._metrics is None:
             from sair_ray.observe import MetricsClient
 
             self._metrics = MetricsClient(self.app)
         return self._metrics
 
-    def _view(self) -> AppView:
+    def _view(self, now: float) -> AppView:
+        """The app as the dashboard reports it, read once per round: `sync`, `observe` and
+        `apply` of the round at `now` share one read of the Serve details. (A CPU/memory
+        redeploy reads them again right before its config PUT, which replaces every app's
+        config and so must start from the latest.)"""
+        if self._round_at == now:
+            return self.last_view
         view = AppView.from_details(self.admin.details(), self.app)
-        self.last_view = view
+        self.last_view, self._round_at = view, now
         return view
 
     def _live_pipeline(self, view: AppView) -> PipelineSpec:

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from sair_ray.config import CostConfig
+from sair_ray.profiles import Profile, load_profile
 from sair_ray.sim.engine import Simulation
 from sair_ray.sim.metrics import SimTotals, WindowMetrics
-from sair_ray.sim.profiles import Profile, load_profile
-from sair_ray.sim.workloads import Workload, workload_from_dict
 from sair_ray.types import ClusterResources, Context, PipelineSpec, StageAllocation
+from sair_ray.workloads import Workload, workload_from_dict
 
 
 class SimBackend:

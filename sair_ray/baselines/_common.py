@@ -1,9 +1,7 @@
-"""Small helpers shared by the baselines: feasible ranges and proposal entries
-(docs/algorithm.md §6)."""
+"""Small helpers shared by the baselines: feasible ranges. Proposal entries come from
+`sair_ray.proposal`, as for every policy."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from sair_ray.config import ValidatorConfig
 from sair_ray.types import PipelineSpec, StageLimits
@@ -17,12 +15,3 @@ def limits(pipeline: PipelineSpec, validator: ValidatorConfig | None) -> dict[st
 def clamp(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, x))
 
-
-def replicas_entry(n: int, current: int) -> dict[str, Any]:
-    if n == current:
-        return {"action": "none"}
-    return {"action": "scale_replicas", "replicas": int(n)}
-
-
-def none_entry() -> dict[str, Any]:
-    return {"action": "none"}

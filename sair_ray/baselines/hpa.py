@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from sair_ray.baselines._common import clamp, limits, replicas_entry
+from sair_ray.baselines._common import clamp, limits
 from sair_ray.config import ValidatorConfig
 from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.proposal import replicas_to
 
 
 def hpa_desired(current: int, util: float, target: float, tolerance: float) -> int:
@@ -57,7 +58,7 @@ class HPA:
             lo, hi = lim[obs.name].replicas_min, lim[obs.name].replicas_max
             raw = clamp(hpa_desired(obs.replicas, obs.util, self.target, self.tolerance), lo, hi)
             final = self._stabilise(obs.name, raw, obs.replicas, now)
-            proposal[obs.name] = replicas_entry(final, obs.replicas)
+            proposal[obs.name] = replicas_to(final, obs.replicas)
             notes.append(f"{obs.name}: util {obs.util:.2f} -> {raw} (stabilised {final})")
         return PolicyReply(proposal=proposal, rationale="hpa: " + "; ".join(notes))
 

@@ -36,11 +36,12 @@ import numpy as np
 from sair_ray.config import CostConfig, ValidatorConfig
 from sair_ray.cost import CostModel
 from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.profiles import Profile
+from sair_ray.proposal import Proposal, scale_both, targets
 from sair_ray.sim.model import StageModel, batch_size_at
-from sair_ray.sim.profiles import Profile
 from sair_ray.sim.queueing import mmc_wait_quantile
-from sair_ray.sim.workloads import Workload
 from sair_ray.types import Allocation, StageAllocation, StageKind, StageSpec
+from sair_ray.workloads import Workload
 
 
 @dataclass(frozen=True)
@@ -230,16 +231,15 @@ class Oracle:
     def decide(self, request: PolicyRequest) -> PolicyReply:
         lam = self.arrival_rate(request.now)
         plan = self.plan(lam, request.context.allocation)
-        proposal = {}
+        proposal: Proposal = {}
         for spec in self.pipeline.stages:
             a = plan.allocation[spec.name]
             if spec.kind is StageKind.GPU:
                 # no §6 verb covers replicas and rate together; without a verb the
                 # validator takes every field present
-                proposal[spec.name] = {"replicas": a.replicas, "rate_ratio": a.rate}
+                proposal[spec.name] = targets(replicas=a.replicas, rate=a.rate)
             else:
-                proposal[spec.name] = {"action": "scale_both", "replicas": a.replicas,
-                                       "cpu_millicores": a.cpu_m, "memory_mb": a.mem_mb}
+                proposal[spec.name] = scale_both(a.replicas, a.cpu_m, a.mem_mb)
         why = (f"oracle: lambda={lam:.2f}/s over the next {self.lookahead_s:.0f} s; modelled "
                f"p{self.quantile * 100:g} {plan.latency_s * 1000:.0f} ms at ${plan.cost:.3f}/h"
                + ("" if plan.feasible else " (no allocation meets the SLA: fastest one)"))

@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sair_ray.baselines._common import clamp, limits, replicas_entry
+from sair_ray.baselines._common import clamp, limits
 from sair_ray.config import ValidatorConfig
 from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.proposal import replicas_to
 from sair_ray.types import StageObservation
 
 
@@ -80,7 +81,7 @@ class RayServeDefault:
             scaled = scaled_replicas(desired, current, self.up_factor, self.down_factor)
             decision = self._delay(obs.name, max(0, scaled), current, request.now)
             decision = clamp(decision, lim[obs.name].replicas_min, lim[obs.name].replicas_max)
-            proposal[obs.name] = replicas_entry(decision, current)
+            proposal[obs.name] = replicas_to(decision, current)
             notes.append(f"{obs.name}: ongoing {ongoing:.1f} -> {scaled} (now {decision})")
         return PolicyReply(proposal=proposal, rationale="ray_serve: " + "; ".join(notes))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.proposal import replicas_to
 
 
 class Static:
@@ -14,8 +15,7 @@ class Static:
         self.replicas = replicas
 
     def decide(self, request: PolicyRequest) -> PolicyReply:
-        proposal = {s.name: {"action": "scale_replicas", "replicas": self.replicas}
-                    if s.replicas != self.replicas else {"action": "none"}
+        proposal = {s.name: replicas_to(self.replicas, s.replicas)
                     for s in request.context.stages}
         return PolicyReply(proposal=proposal,
                            rationale=f"static: {self.replicas} replica(s) per stage")

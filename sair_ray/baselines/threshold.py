@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 
-from sair_ray.baselines._common import limits, none_entry, replicas_entry
+from sair_ray.baselines._common import limits
 from sair_ray.config import ValidatorConfig
 from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.proposal import hold, replicas_to
 from sair_ray.types import StageKind
 
 
@@ -50,7 +51,7 @@ class Threshold:
             latency = obs.p99_ms + obs.queue_delay_ms
             last = self._last_change.get(obs.name, -math.inf)
             if now - last < self.cooldown_s:
-                proposal[obs.name] = none_entry()
+                proposal[obs.name] = hold()
                 notes.append(f"{obs.name}: cooldown")
                 continue
             lo, hi = lim[obs.name].replicas_min, lim[obs.name].replicas_max
@@ -61,6 +62,6 @@ class Threshold:
                 target = max(lo, obs.replicas - self.step)
             if target != obs.replicas:
                 self._last_change[obs.name] = now
-            proposal[obs.name] = replicas_entry(target, obs.replicas)
+            proposal[obs.name] = replicas_to(target, obs.replicas)
             notes.append(f"{obs.name}: {latency:.0f} ms vs {thr:.0f} ms -> {target}")
         return PolicyReply(proposal=proposal, rationale="threshold: " + "; ".join(notes))

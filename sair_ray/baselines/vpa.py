@@ -32,6 +32,7 @@ import numpy as np
 
 from sair_ray.config import ValidatorConfig
 from sair_ray.policy.base import PolicyReply, PolicyRequest
+from sair_ray.proposal import Proposal, hold, resize
 from sair_ray.types import StageKind
 
 DAY_S = 86400.0
@@ -135,10 +136,11 @@ class VPA:
 
     def decide(self, request: PolicyRequest) -> PolicyReply:
         now = request.now
-        proposal, notes = {}, []
+        proposal: Proposal = {}
+        notes = []
         for obs in request.context.stages:
             if obs.kind is StageKind.GPU:
-                proposal[obs.name] = {"action": "none"}
+                proposal[obs.name] = hold()
                 continue
             spec = request.pipeline.stage(obs.name)
             h = self._hist.setdefault(obs.name, _StageHistory(self.half_life_s))
@@ -153,23 +155,24 @@ class VPA:
             h.samples += 1
             conf = self._confidence(h, now)
             cpu = self.recommend(h.cpu, conf, self.min_cpu_m / 1000.0)
-            entry: dict[str, object] = {}
+            cpu_m: int | None = None
+            mem_mb: int | None = None
             if not cpu.lower <= cores <= cpu.upper:
-                entry["cpu_millicores"] = int(min(spec.cpu_m_max, max(
-                    spec.cpu_m_min, math.ceil(cpu.target * 1000))))
+                cpu_m = int(min(spec.cpu_m_max, max(spec.cpu_m_min,
+                                                    math.ceil(cpu.target * 1000))))
             if need is not None:
                 mem = self.recommend(h.mem, conf, float(self.min_mem_mb))
                 if not mem.lower <= obs.mem_mb <= mem.upper:
-                    entry["memory_mb"] = int(min(spec.mem_mb_max, max(
-                        spec.mem_mb_min, math.ceil(mem.target))))
-            if entry and obs.replicas >= self.min_replicas_for_update:
-                entry.setdefault("cpu_millicores", obs.cpu_m)
-                entry.setdefault("memory_mb", obs.mem_mb)
-                proposal[obs.name] = {"action": "scale_resources", **entry}
-                notes.append(f"{obs.name}: -> {entry['cpu_millicores']}m, "
-                             f"{entry['memory_mb']} MB (cpu target {cpu.target:.2f} cores, "
+                    mem_mb = int(min(spec.mem_mb_max, max(spec.mem_mb_min,
+                                                          math.ceil(mem.target))))
+            if (cpu_m, mem_mb) != (None, None) and obs.replicas >= self.min_replicas_for_update:
+                cpu_m = obs.cpu_m if cpu_m is None else cpu_m
+                mem_mb = obs.mem_mb if mem_mb is None else mem_mb
+                proposal[obs.name] = resize(cpu_m, mem_mb)
+                notes.append(f"{obs.name}: -> {cpu_m}m, "
+                             f"{mem_mb} MB (cpu target {cpu.target:.2f} cores, "
                              f"band [{cpu.lower:.2f}, {cpu.upper:.2f}])")
             else:
-                proposal[obs.name] = {"action": "none"}
+                proposal[obs.name] = hold()
         return PolicyReply(proposal=proposal,
                            rationale="vpa: " + ("; ".join(notes) or "within bounds"))

@@ -38,10 +38,10 @@ import numpy as np
 from sair_ray.backends.sim import SimBackend
 from sair_ray.bottleneck import analyse
 from sair_ray.config import ValidatorConfig
+from sair_ray.profiles import Profile, list_profiles, load_profile
 from sair_ray.sim.model import StageModel
-from sair_ray.sim.profiles import Profile, list_profiles, load_profile
-from sair_ray.sim.workloads import Poisson
 from sair_ray.types import PipelineSpec, StageAllocation, StageSpec
+from sair_ray.workloads import Poisson
 
 CLASSES = ("pre", "inference", "post", "multiple")
 NONE = "none"                     # what the analyser says when it sees no bottleneck

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sair_ray.config import ValidatorConfig
-from sair_ray.types import Action, Context, Decision, PipelineSpec, StageAllocation
+from sair_ray.decision import Decision
+from sair_ray.types import Action, PipelineSpec, StageAllocation
 from sair_ray.validator import is_feasible
 
 EPS = 1e-9
@@ -56,8 +57,7 @@ def count_escapes(decisions: Sequence[Decision], pipeline: PipelineSpec,
     last_up: dict[str, float] = {}
     last_down: dict[str, float] = {}
     for i, d in enumerate(decisions):
-        before = Context.from_dict(d.context).allocation
-        action = Action.from_dict(d.action)
+        before, action = d.context.allocation, d.action
         bad = bool(allocation_problems(before, action, pipeline, v))
         for stage, delta in action.deltas.items():
             dims = (delta.replicas, delta.cpu_m, delta.mem_mb, delta.rate)
@@ -68,7 +68,6 @@ def count_escapes(decisions: Sequence[Decision], pipeline: PipelineSpec,
                 bad |= d.time - last_down.get(stage, -float("inf")) < v.cooldown_down_s - EPS
                 last_down[stage] = d.time
         if i + 1 < len(decisions):
-            seen = Context.from_dict(decisions[i + 1].context).allocation
-            bad |= seen != action.apply(before)
+            bad |= decisions[i + 1].context.allocation != d.targets
         escapes += bad
     return escapes

@@ -67,12 +67,12 @@ from sair_ray.bench.checks import count_escapes
 from sair_ray.bench.tuned import TUNED, TunedSettings
 from sair_ray.config import ABLATIONS, SAIRConfig, with_ablation
 from sair_ray.controller import run_virtual
+from sair_ray.decision import Decision
 from sair_ray.files import LOG_FILE, MEMORY_DIR, ControllerFiles
 from sair_ray.policy.base import Policy
+from sair_ray.profiles import Profile, list_profiles, load_profile
 from sair_ray.session import Session
-from sair_ray.sim.profiles import Profile, list_profiles, load_profile
-from sair_ray.sim.workloads import Burst, Poisson, Ramp, Workload
-from sair_ray.types import Decision
+from sair_ray.workloads import Burst, Poisson, Ramp, Workload
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +301,7 @@ def _result_row(sc: Scenario, backend: SimBackend, decisions: Sequence[Decision]
     # Replicas each stage had at the start of every round (what the controller observed).
     replicas: dict[str, float] = {}
     for st in backend.pipeline.stage_names:
-        vals = [s["replicas"] for d in decisions for s in d.context["stages"]
-                if s["name"] == st]
+        vals = [s.replicas for d in decisions for s in d.context.stages if s.name == st]
         replicas[st] = float(np.mean(vals)) if vals else float("nan")
     base = asdict(sc)
     base["settings"] = json.dumps(dict(sc.settings), sort_keys=True)
@@ -328,7 +327,7 @@ def _decide_latency(decisions: Sequence[Decision]) -> dict[str, float]:
     """p50/p99 of the "decide" step over rounds that asked the policy (probes excluded),
     and p99 of everything else a round does (observe, reward, retrieve, validate, act)."""
     asked = [d.timings_ms.get("decide", math.nan) for d in decisions
-             if d.source.startswith("policy:")]
+             if d.policy_name is not None]
     rest = [sum(v for k, v in d.timings_ms.items() if k != "decide") for d in decisions]
     nan = float("nan")
     return {

@@ -28,7 +28,7 @@ import yaml
 from sair_ray.bench.grid import APPS, PATTERNS, BenchError, Scenario, _check
 from sair_ray.bench.report import to_table
 from sair_ray.bench.tuned import TunedSettings
-from sair_ray.sim.profiles import load_profile
+from sair_ray.profiles import load_profile
 
 HPA_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9)
 THRESHOLD_BASE_MS = (100.0, 200.0)       # paper: CPU, GPU stages

@@ -195,7 +195,7 @@ def _write_grid(res: GridResult, out_dir: Path, command: str) -> None:
     if not figures.available():
         err.print("no figures: matplotlib is not installed (pip install 'sair-ray[bench]')")
         return
-    from sair_ray.sim.profiles import load_profile
+    from sair_ray.profiles import load_profile
 
     sla = {a: load_profile(a).pipeline.sla_ms for a in {r["app"] for r in res.rows}}
     pngs = figures.write_figures(res.rows, out_dir, sla)

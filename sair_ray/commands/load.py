@@ -76,7 +76,7 @@ def load(
         write_results,
     )
     from sair_ray.progress import progress_bar
-    from sair_ray.sim.workloads import WorkloadError, load_workload
+    from sair_ray.workloads import WorkloadError, load_workload
 
     is_url = target.startswith(("http://", "https://"))
     if not is_url and target not in APP_NAMES:

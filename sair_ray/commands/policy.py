@@ -83,8 +83,8 @@ def check(
     from sair_ray.bottleneck import analyse
     from sair_ray.commands.config import load_config
     from sair_ray.policy.base import PolicyRequest
+    from sair_ray.profiles import load_profile
     from sair_ray.registry import make_policy
-    from sair_ray.sim.profiles import load_profile
     from sair_ray.types import Context, StageObservation
     from sair_ray.validator import Validator
 

@@ -184,7 +184,7 @@ def run_demo(opts: DemoOptions, console: Any) -> Path:
     from sair_ray.live import attach
     from sair_ray.live.paths import app_data_dir
     from sair_ray.loadgen import LoadRunner, summarize
-    from sair_ray.sim.profiles import load_profile
+    from sair_ray.profiles import load_profile
 
     out = opts.out_dir
     if out.exists():

@@ -27,11 +27,11 @@ from typing import Any
 from sair_ray import registry
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
+from sair_ray.decision import Decision
 from sair_ray.files import ControllerFiles
 from sair_ray.live.paths import app_data_dir
 from sair_ray.metrics_export import make_exporter, safe_record
 from sair_ray.session import RoundTimer, Session
-from sair_ray.types import Decision
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +53,24 @@ class LiveOptions:
 
 
 def summarize(d: Decision) -> dict[str, Any]:
-    """The parts of a decision a status display needs (the full record is in the log)."""
-    ctx = d.context
+    """The parts of a decision a status display needs, as plain JSON (the full record is in
+    the log)."""
+    ctx, b = d.context, d.bottleneck
     return {
-        "round": d.round, "time": d.time, "source": d.source, "action": d.action,
+        "round": d.round, "time": d.time, "source": d.source, "action": d.action.to_dict(),
         "rationale": d.rationale, "error": d.error, "clamps": len(d.clamps),
-        "bottleneck": {k: d.bottleneck.get(k) for k in ("label", "stages", "reason")},
-        "p99_ms": ctx.get("p99_ms"), "p50_ms": ctx.get("p50_ms"),
-        "sla_ms": ctx.get("sla_ms"), "arrival_rate": ctx.get("arrival_rate"),
-        "errors": ctx.get("errors"), "drops": ctx.get("drops"),
-        "cost_rate": ctx.get("cost_rate"),
-        "stages": {s["name"]: {k: s[k] for k in ("kind", "replicas", "cpu_m", "mem_mb", "rate",
-                                                  "queue", "util", "p99_ms",
-                                                  "queue_delay_ms", "throughput_rps")}
-                   for s in ctx.get("stages", [])},
-        "timings_ms": d.timings_ms,
+        "bottleneck": {"label": b.label, "stages": list(b.stages), "reason": b.reason}
+        if b is not None else dict.fromkeys(("label", "stages", "reason")),
+        "p99_ms": ctx.p99_ms, "p50_ms": ctx.p50_ms, "sla_ms": ctx.sla_ms,
+        "arrival_rate": ctx.arrival_rate, "errors": ctx.errors, "drops": ctx.drops,
+        "cost_rate": ctx.cost_rate,
+        "stages": {s.name: {"kind": s.kind.value, "replicas": s.replicas, "cpu_m": s.cpu_m,
+                            "mem_mb": s.mem_mb, "rate": s.rate, "queue": s.queue,
+                            "util": s.util, "p99_ms": s.p99_ms,
+                            "queue_delay_ms": s.queue_delay_ms,
+                            "throughput_rps": s.throughput_rps}
+                   for s in ctx.stages},
+        "timings_ms": dict(d.timings_ms),
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sair_ray.sim.workloads import (
+from sair_ray.workloads import (
     AZURE_CREDIT,
     Burst,
     Poisson,

@@ -1,8 +1,9 @@
 """Live per-stage metrics of a Ray Serve pipeline: instrumentation inside every replica,
 aggregation in one named Ray actor per application, windowed queries for the controller.
 
-Contract (the live backend codes against this; docs/serve_apps.md says where each number
-comes from):
+`MetricsClient` is a `sair_ray.backends.metrics.MetricsSource`: its windows are the port's
+`AppWindow` / `StageWindow`. What each number means here (docs/serve_apps.md says where
+each comes from):
 
     from sair_ray.observe import MetricsClient, MetricsUnavailable
     client = MetricsClient("image_classification")   # needs a connected Ray driver;
@@ -20,6 +21,7 @@ comes from):
     p50_ms, p95_ms, p99_ms          end-to-end latency at the ingress (arrival -> response)
                                     of the ok requests finished in the window; NaN if none
     in_flight                       ingress requests accepted but not answered at `end`
+    drops                           0 (Serve's own refusals are not counted)
 
 `StageWindow` (frozen dataclass), per stage:
     replicas                        replicas that reported in the last 3 s before `end`
@@ -44,6 +46,7 @@ actor `sair-metrics:<app>` in Ray namespace `sair`, detached, created by the fir
 of the app (`ensure_aggregator`); `drop_aggregator(app)` removes it.
 """
 
+from sair_ray.backends.metrics import AppWindow, StageWindow
 from sair_ray.observe.client import (
     METRICS_NAMESPACE,
     MetricsClient,
@@ -54,7 +57,6 @@ from sair_ray.observe.client import (
 )
 from sair_ray.observe.meter import INGRESS, StageMeter
 from sair_ray.observe.store import MetricsStore
-from sair_ray.observe.window import AppWindow, StageWindow
 
 __all__ = [
     "INGRESS",

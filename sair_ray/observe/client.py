@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sair_ray.backends.metrics import AppWindow
 from sair_ray.observe.store import MetricsStore, ReplicaReport
-from sair_ray.observe.window import AppWindow
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sair_ray.observe.window import NAN, AppWindow, StageWindow
+from sair_ray.backends.metrics import NAN, AppWindow, StageWindow
 
 INGRESS = "_ingress"  # the stage name under which the ingress deployment reports
 

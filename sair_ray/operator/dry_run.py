@@ -120,12 +120,12 @@ def dry_run(rayservice: Path, autoscaler: Path, *, rounds: int = 5,
         for i in range(rounds):
             now = (i + 1) * runner.interval
             d = runner.tick(now)
-            ctx = d.context if d is not None else {}
             out.append(DryRunRound(
                 round=i + 1, time=now, source=d.source if d else "error",
-                arrival_rps=float(ctx.get("arrival_rate", 0.0)),
-                p99_ms=float(ctx.get("p99_ms", float("nan"))),
-                action=d.action if d else {}, error=(d.error if d else runner.last_error),
+                arrival_rps=float(d.context.arrival_rate) if d else 0.0,
+                p99_ms=float(d.context.p99_ms) if d else float("nan"),
+                action=d.action.to_dict() if d else {},
+                error=(d.error if d else runner.last_error),
                 patches=tuple(runner.new_patches) if d else ()))
     finally:
         runner.close()

@@ -1,4 +1,4 @@
-"""Metrics sources for the Kubernetes backend (`sair_ray.backends.kubernetes.MetricsSource`).
+"""Metrics sources for the Kubernetes backend (`sair_ray.backends.metrics.MetricsSource`).
 
 - `RayMetrics`: the live per-stage metrics of a Serve application, read through
   `sair_ray.observe.MetricsClient` from the Ray cluster the RayService runs (over Ray
@@ -6,6 +6,8 @@
 - `SimulatedMetrics`: the discrete-event simulator of a shipped pipeline profile, following
   every allocation SAIR applies. It is what `sair operator --dry-run` observes, and it lets
   an operator be exercised end to end without a Serve application under load.
+
+Both return the port's `AppWindow`; the backend turns it into a `Context`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from sair_ray.backends.metrics import AppWindow, StageWindow
 from sair_ray.backends.sim import SimBackend
-from sair_ray.observe.context import context_from_window
-from sair_ray.types import Context, PipelineSpec, StageAllocation
+from sair_ray.sim.metrics import WindowMetrics
+from sair_ray.types import PipelineSpec, StageAllocation
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ class SimulatedMetrics:
     def __init__(self, profile: str, stages: tuple[str, ...], *, start: float,
                  allocation: Mapping[str, StageAllocation] | None = None,
                  workload: Mapping[str, Any] | None = None, seed: int = 0) -> None:
-        from sair_ray.sim.profiles import ProfileError
+        from sair_ray.profiles import ProfileError
 
         try:
             self.sim = SimBackend(profile, workload, seed=seed, start=start,
@@ -42,11 +45,10 @@ class SimulatedMetrics:
                 f"simulator profile {profile!r} has stages {list(have)}, the autoscaler "
                 f"names {list(stages)}; they must be the same, in the same order")
 
-    def window(self, start: float, end: float,
-               allocation: Mapping[str, StageAllocation]) -> Context:
+    def window(self, start: float, end: float) -> AppWindow:
         """The simulator tracks its own allocation (every apply is forwarded to it)."""
         self.sim.advance_to(end)
-        return self.sim.observe(start, end)
+        return app_window(self.sim.window(start, end), self.sim.pipeline.name)
 
     def allocation_changed(self, target: Mapping[str, StageAllocation], now: float) -> None:
         self.sim.advance_to(now)
@@ -81,9 +83,19 @@ class RayMetrics:
             raise MetricsSourceError(str(e)) from None
         self.pipeline = pipeline
 
-    def window(self, start: float, end: float,
-               allocation: Mapping[str, StageAllocation]) -> Context:
-        return context_from_window(self.client.window(start, end), self.pipeline, allocation)
+    def window(self, start: float, end: float) -> AppWindow:
+        return self.client.window(start, end)
 
-    def allocation_changed(self, target: Mapping[str, StageAllocation], now: float) -> None:
-        """Live metrics see the change by themselves."""
+
+def app_window(w: WindowMetrics, app: str) -> AppWindow:
+    """A simulator window as the port's `AppWindow`. The simulator's end-to-end percentiles
+    count failures and stalled requests too (docs/simulator.md), and its utilisation is
+    already relative to a GPU stage's rate, so it goes in `util` with no `gpu_util`."""
+    stages = {s.name: StageWindow(
+        s.name, replicas=s.allocation.replicas, completions=s.completed, errors=s.errors,
+        p50_ms=s.p50_ms, p99_ms=s.p99_ms, queue_delay_ms=s.queue_delay_ms, queue=s.queue,
+        util=s.util, throughput_rps=s.throughput_rps) for s in w.stages}
+    return AppWindow(app, w.start, w.end, stages, arrivals=w.arrivals,
+                     arrival_rate=w.arrival_rate, completions=w.completed, errors=w.errors,
+                     p50_ms=w.p50_ms, p99_ms=w.p99_ms, in_flight=max(w.in_flight, 0),
+                     drops=w.drops)

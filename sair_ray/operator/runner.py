@@ -19,17 +19,17 @@ from sair_ray import registry
 from sair_ray.backends.kubernetes import (
     DeploymentTarget,
     KubeRayBackend,
-    MetricsSource,
     ObjectStore,
     PatchRecord,
     ServeTarget,
 )
+from sair_ray.backends.metrics import MetricsSource
 from sair_ray.controller import Controller
+from sair_ray.decision import Decision
 from sair_ray.files import ControllerFiles
 from sair_ray.operator.metrics import RayMetrics, SimulatedMetrics
 from sair_ray.operator.spec import AutoscalerSpec
 from sair_ray.session import RoundTimer, Session
-from sair_ray.types import Decision
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ class ResourceRunner:
                               "error": self.last_error}
         if self.last is not None:
             st["lastSource"] = self.last.source
-            st["lastAction"] = self.last.action
-            p99 = self.last.context.get("p99_ms")
+            st["lastAction"] = self.last.action.to_dict()
+            p99 = self.last.context.p99_ms
             # JSON has no NaN (no request finished in the window): report it as unknown.
             st["p99Ms"] = p99 if isinstance(p99, int | float) and math.isfinite(p99) else None
         if self.new_patches:

@@ -1,7 +1,7 @@
 """The Policy protocol shared by SAIR's LLM policy and every baseline.
 
-A policy proposes *absolute targets* in the JSON shape of docs/algorithm.md §6, e.g.
-``{"preprocess": {"action": "scale_replicas", "replicas": 3}}``; the validator turns that
+A policy proposes *absolute targets* in the JSON shape of docs/algorithm.md §6, built with
+`sair_ray.proposal` (e.g. ``{"preprocess": scale_replicas(3)}``); the validator turns that
 into a safe delta. Policies never actuate anything themselves.
 """
 
@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from sair_ray.bottleneck import BottleneckReport
 from sair_ray.types import ClusterResources, Context, PipelineSpec
+
+if TYPE_CHECKING:  # the retrieval imports the memory (FAISS); policies only read its results
+    from sair_ray.retrieval import Retrieved
 
 
 @dataclass(frozen=True)
@@ -20,8 +24,8 @@ class PolicyRequest:
     context: Context
     pipeline: PipelineSpec
     free: ClusterResources
-    bottleneck: Any = None                         # bottleneck.BottleneckReport
-    episodes: Sequence[Any] = field(default_factory=tuple)  # retrieval.Retrieved, curriculum order
+    bottleneck: BottleneckReport | None = None
+    episodes: Sequence[Retrieved] = field(default_factory=tuple)  # in curriculum order
     history: Sequence[Context] = field(default_factory=tuple)  # earlier contexts, oldest first
 
 

@@ -26,12 +26,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sair_ray.config import ValidatorConfig
 from sair_ray.policy import sizing
 from sair_ray.policy.base import PolicyRequest
 from sair_ray.policy.prompt import target_json
+from sair_ray.proposal import (
+    CPU,
+    RATE,
+    REPLICAS,
+    Entry,
+    Proposal,
+    hold,
+    holds,
+    resize,
+    scale_replicas,
+    set_rate,
+)
 from sair_ray.types import PipelineSpec, StageKind, StageObservation
 
 MAX_EPISODES = 3
@@ -40,7 +51,7 @@ MAX_EPISODES = 3
 @dataclass(frozen=True)
 class Candidate:
     label: str                 # unique within a round; what the model answers with
-    proposal: dict[str, Any]
+    proposal: Proposal
     note: str = ""             # shown beside the label in the prompt
 
 
@@ -58,26 +69,22 @@ def pick(cands: Sequence[Candidate], answer: object) -> Candidate | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _hold(stages: Sequence[StageObservation]) -> dict[str, Any]:
-    return {s.name: {"action": "none"} for s in stages}
+def _hold(stages: Sequence[StageObservation]) -> Proposal:
+    return {s.name: hold() for s in stages}
 
 
-def _more(s: StageObservation, pipeline: PipelineSpec, v: ValidatorConfig) -> dict | None:
+def _more(s: StageObservation, pipeline: PipelineSpec, v: ValidatorConfig) -> Entry | None:
     lim = pipeline.stage(s.name).limits(v)
     if s.kind == StageKind.GPU:
         if s.rate < lim.rate_max - 1e-9:
-            return {"action": "adjust_rate",
-                    "rate_ratio": round(min(lim.rate_max, s.rate + v.max_rate_step), 2)}
+            return set_rate(round(min(lim.rate_max, s.rate + v.max_rate_step), 2))
         if s.replicas < lim.replicas_max:
-            return {"action": "scale_replicas",
-                    "replicas": min(lim.replicas_max, s.replicas + v.max_replica_step)}
+            return scale_replicas(min(lim.replicas_max, s.replicas + v.max_replica_step))
         return None
     if s.replicas < lim.replicas_max:
-        return {"action": "scale_replicas",
-                "replicas": min(lim.replicas_max, s.replicas + v.max_replica_step)}
+        return scale_replicas(min(lim.replicas_max, s.replicas + v.max_replica_step))
     if s.cpu_m < lim.cpu_m_max:
-        return {"action": "scale_resources", "cpu_millicores":
-                min(lim.cpu_m_max, s.cpu_m + v.max_cpu_step_m), "memory_mb": s.mem_mb}
+        return resize(min(lim.cpu_m_max, s.cpu_m + v.max_cpu_step_m), s.mem_mb)
     return None
 
 
@@ -87,8 +94,9 @@ def build(request: PolicyRequest, v: ValidatorConfig,
     stages = ctx.stages
     hold = _hold(stages)
     report = request.bottleneck
-    saturated = {sy.stage for sy in getattr(report, "symptoms", ()) if sy.saturated}
-    named = list(getattr(report, "stages", ()))
+    symptoms = report.symptoms if report is not None else ()
+    saturated = {sy.stage for sy in symptoms if sy.saturated}
+    named = list(report.stages) if report is not None else []
     failing = ctx.p99_ms > ctx.sla_ms or bool(saturated)
     out: list[Candidate] = []
     relief = dict(hold)
@@ -103,7 +111,7 @@ def build(request: PolicyRequest, v: ValidatorConfig,
     for name in named:
         # the analysis names a stage the sizing finds no shortage in (latency-bound, or a
         # window without the work to estimate from): give it the relief step as well
-        if sized[name]["action"] == "none" and relief[name]["action"] != "none":
+        if holds(sized[name]) and not holds(relief[name]):
             sized[name] = relief[name]
     if sized != hold:
         out.append(Candidate("fit", sized, "sized to the measured load"))
@@ -146,31 +154,31 @@ def default_choice(cands: Sequence[Candidate]) -> Candidate:
     return cands[0]
 
 
-def _within(target: dict[str, Any], s: StageObservation, pipeline: PipelineSpec,
-            v: ValidatorConfig) -> dict[str, Any]:
+def _within(target: Entry, s: StageObservation, pipeline: PipelineSpec,
+            v: ValidatorConfig) -> Entry:
     """`target` with its values clamped into the stage's limits."""
     lim = pipeline.stage(s.name).limits(v)
     out = dict(target)
-    if "replicas" in out:
-        out["replicas"] = min(max(out["replicas"], lim.replicas_min), lim.replicas_max)
-    if "cpu_millicores" in out:
-        out["cpu_millicores"] = min(max(out["cpu_millicores"], lim.cpu_m_min), lim.cpu_m_max)
-    if "rate_ratio" in out:
-        out["rate_ratio"] = min(max(out["rate_ratio"], lim.rate_min), lim.rate_max)
+    if REPLICAS in out:
+        out[REPLICAS] = min(max(out[REPLICAS], lim.replicas_min), lim.replicas_max)
+    if CPU in out:
+        out[CPU] = min(max(out[CPU], lim.cpu_m_min), lim.cpu_m_max)
+    if RATE in out:
+        out[RATE] = min(max(out[RATE], lim.rate_min), lim.rate_max)
     return out
 
 
-def _below(s: StageObservation, target: dict[str, Any], sized: dict[str, Any]) -> bool:
+def _below(s: StageObservation, target: Entry, sized: Entry) -> bool:
     """Whether `target` leaves the stage with less of any dimension than `sized` does."""
-    cur = {"replicas": s.replicas, "cpu_millicores": s.cpu_m, "rate_ratio": s.rate}
+    cur = {REPLICAS: s.replicas, CPU: s.cpu_m, RATE: s.rate}
     return any(target.get(k, v) < sized.get(k, v) - 1e-9 for k, v in cur.items())
 
 
-def _adds_capacity(s: StageObservation, target: dict[str, Any]) -> int:
+def _adds_capacity(s: StageObservation, target: Entry) -> int:
     """+1 if the target adds capacity to the stage, -1 if it removes some, 0 otherwise."""
-    ups = [target.get("replicas", s.replicas) - s.replicas,
-           target.get("cpu_millicores", s.cpu_m) - s.cpu_m,
-           target.get("rate_ratio", s.rate) - s.rate]
+    ups = [target.get(REPLICAS, s.replicas) - s.replicas,
+           target.get(CPU, s.cpu_m) - s.cpu_m,
+           target.get(RATE, s.rate) - s.rate]
     if any(u < 0 for u in ups):
         return -1
     return 1 if any(u > 0 for u in ups) else 0

@@ -18,7 +18,21 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sair_ray.bottleneck import BottleneckReport
 from sair_ray.config import ValidatorConfig
+from sair_ray.proposal import (
+    ACTION,
+    CPU,
+    MEM,
+    RATE,
+    REPLICAS,
+    Entry,
+    hold,
+    resize,
+    scale_both,
+    scale_replicas,
+    set_rate,
+)
 from sair_ray.types import (
     ClusterResources,
     Context,
@@ -65,18 +79,21 @@ def _verb(kind: StageKind, d: Mapping[str, float]) -> str:
         "scale_resources" if res else "none"
 
 
-def target_json(kind: StageKind, before: StageAllocation, delta: Mapping[str, float]) -> dict:
+def target_json(kind: StageKind, before: StageAllocation, delta: Mapping[str, float]) -> Entry:
     """One stage's action in the output schema: absolute targets after `delta`."""
     verb = _verb(kind, delta)
-    out: dict[str, Any] = {"action": verb}
-    if verb in ("scale_replicas", "scale_both"):
-        out["replicas"] = before.replicas + int(delta.get("replicas", 0))
-    if verb in ("scale_resources", "scale_both"):
-        out["cpu_millicores"] = before.cpu_m + int(delta.get("cpu_m", 0))
-        out["memory_mb"] = before.mem_mb + int(delta.get("mem_mb", 0))
+    replicas = before.replicas + int(delta.get("replicas", 0))
+    cpu_m = before.cpu_m + int(delta.get("cpu_m", 0))
+    mem_mb = before.mem_mb + int(delta.get("mem_mb", 0))
+    if verb == "scale_replicas":
+        return scale_replicas(replicas)
+    if verb == "scale_resources":
+        return resize(cpu_m, mem_mb)
+    if verb == "scale_both":
+        return scale_both(replicas, cpu_m, mem_mb)
     if verb == "adjust_rate":
-        out["rate_ratio"] = round(before.rate + float(delta.get("rate", 0.0)), 2)
-    return out
+        return set_rate(round(before.rate + float(delta.get("rate", 0.0)), 2))
+    return hold()
 
 
 def action_json(ctx: Context, action: Mapping[str, Mapping[str, float]], *,
@@ -86,7 +103,7 @@ def action_json(ctx: Context, action: Mapping[str, Mapping[str, float]], *,
     out = {s.name: target_json(s.kind, s.allocation, action.get(s.name, {}))
            for s in ctx.stages}
     if changed_only:
-        out = {k: v for k, v in out.items() if v["action"] != "none"}
+        out = {k: v for k, v in out.items() if v[ACTION] != "none"}
     return out
 
 
@@ -104,7 +121,7 @@ def episode_input(ctx: Context) -> str:
 def changed(proposal: Mapping[str, Any]) -> dict[str, Any]:
     """A proposal without its `none` stages (how candidates are listed in the prompt)."""
     return {k: v for k, v in proposal.items()
-            if not (isinstance(v, Mapping) and v.get("action") == "none")} or {"all": "none"}
+            if not (isinstance(v, Mapping) and v.get(ACTION) == "none")} or {"all": "none"}
 
 
 def label(reward: float) -> str:
@@ -126,7 +143,7 @@ def format_episodes(episodes: Sequence[Experience]) -> str:
     return "\n\n".join(format_episode(e) for e in episodes)
 
 
-def format_current(ctx: Context, bottleneck: Any = None) -> str:
+def format_current(ctx: Context, bottleneck: BottleneckReport | None = None) -> str:
     lines = context_lines(ctx)
     if bottleneck is not None:
         lines.append(f"Bottleneck: {bottleneck.label} ({bottleneck.reason})")
@@ -186,8 +203,8 @@ def value_grid(lo: float, hi: float, step: float, *, integral: bool = True) -> l
 
 
 def _variant(verb: str, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "properties": {"action": {"const": verb}, **fields},
-            "required": ["action", *fields], "additionalProperties": False}
+    return {"type": "object", "properties": {ACTION: {"const": verb}, **fields},
+            "required": [ACTION, *fields], "additionalProperties": False}
 
 
 def output_schema(pipeline: PipelineSpec, v: ValidatorConfig) -> dict[str, Any]:
@@ -202,15 +219,14 @@ def output_schema(pipeline: PipelineSpec, v: ValidatorConfig) -> dict[str, Any]:
         reps = {"enum": value_grid(lim.replicas_min, lim.replicas_max, 1)}
         if s.kind == StageKind.GPU:
             rate = {"enum": value_grid(lim.rate_min, lim.rate_max, 0.1, integral=False)}
-            variants = [_variant("none", {}), _variant("scale_replicas", {"replicas": reps}),
-                        _variant("adjust_rate", {"rate_ratio": rate})]
+            variants = [_variant("none", {}), _variant("scale_replicas", {REPLICAS: reps}),
+                        _variant("adjust_rate", {RATE: rate})]
         else:
             cpu = {"enum": value_grid(lim.cpu_m_min, lim.cpu_m_max, v.max_cpu_step_m / 2)}
             mem = {"enum": value_grid(lim.mem_mb_min, lim.mem_mb_max, v.max_mem_step_mb / 2)}
-            variants = [_variant("none", {}), _variant("scale_replicas", {"replicas": reps}),
-                        _variant("scale_resources", {"cpu_millicores": cpu, "memory_mb": mem}),
-                        _variant("scale_both", {"replicas": reps, "cpu_millicores": cpu,
-                                                "memory_mb": mem})]
+            variants = [_variant("none", {}), _variant("scale_replicas", {REPLICAS: reps}),
+                        _variant("scale_resources", {CPU: cpu, MEM: mem}),
+                        _variant("scale_both", {REPLICAS: reps, CPU: cpu, MEM: mem})]
         props[s.name] = {"oneOf": variants}
     return {"type": "object",
             "properties": {

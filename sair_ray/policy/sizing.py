@@ -30,10 +30,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sair_ray.config import ValidatorConfig
-from sair_ray.types import Context, PipelineSpec, StageKind, StageObservation
+from sair_ray.proposal import (
+    RATE,
+    REPLICAS,
+    Entry,
+    Proposal,
+    hold,
+    resize,
+    scale_replicas,
+    set_rate,
+)
+from sair_ray.types import Context, PipelineSpec, StageKind, StageLimits, StageObservation
 
 U_TARGET = 0.6      # utilisation the stage is sized for
 U_HIGH = 0.75       # above this the stage is short of capacity now
@@ -103,54 +112,53 @@ def _p99_full(s: StageObservation) -> float:
 
 
 def fit(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
-        history: Sequence[Context] = ()) -> dict[str, dict[str, Any]]:
-    """Per stage, a §6 action sizing it to its need (`{"action": "none"}` where it
-    already fits or nothing can be estimated)."""
+        history: Sequence[Context] = ()) -> Proposal:
+    """Per stage, a §6 action sizing it to its need (`hold()` where it already fits or
+    nothing can be estimated)."""
     need = needs(ctx, history)
-    out: dict[str, dict[str, Any]] = {}
+    out: Proposal = {}
     for s in ctx.stages:
         n = need.get(s.name)
         lim = pipeline.stage(s.name).limits(v)
-        out[s.name] = ({"action": "none"} if n is None else
+        out[s.name] = (hold() if n is None else
                        _one_step(_fit_gpu(s, n, lim, ctx.sla_ms), s, v)
                        if s.kind == StageKind.GPU else _one_step(_fit_cpu(s, n, lim, v), s, v))
     return out
 
 
-def _one_step(action: dict[str, Any], s: StageObservation, v: ValidatorConfig) -> dict:
+def _one_step(action: Entry, s: StageObservation, v: ValidatorConfig) -> Entry:
     """The action cut to one validator step, so the candidate shows what will happen; the
     rest of the way comes in later rounds, from a fresh measurement."""
     out = dict(action)
-    if "replicas" in out:
-        out["replicas"] = min(max(out["replicas"], s.replicas - v.max_replica_step),
-                              s.replicas + v.max_replica_step)
-    if "rate_ratio" in out:
-        out["rate_ratio"] = round(min(max(out["rate_ratio"], s.rate - v.max_rate_step),
-                                      s.rate + v.max_rate_step), 2)
+    if REPLICAS in out:
+        out[REPLICAS] = min(max(out[REPLICAS], s.replicas - v.max_replica_step),
+                            s.replicas + v.max_replica_step)
+    if RATE in out:
+        out[RATE] = round(min(max(out[RATE], s.rate - v.max_rate_step),
+                              s.rate + v.max_rate_step), 2)
     return out
 
 
-def _fit_cpu(s: StageObservation, n: StageNeed, lim: Any, v: ValidatorConfig) -> dict:
+def _fit_cpu(s: StageObservation, n: StageNeed, lim: StageLimits, v: ValidatorConfig) -> Entry:
     if s.util > U_HIGH or n.demand > s.replicas:
         want = math.ceil(n.demand)
         if want > s.replicas and s.replicas < lim.replicas_max:
-            return {"action": "scale_replicas", "replicas": min(lim.replicas_max, want)}
+            return scale_replicas(min(lim.replicas_max, want))
         if s.replicas >= lim.replicas_max and s.cpu_m < lim.cpu_m_max:
-            return {"action": "scale_resources", "memory_mb": s.mem_mb,
-                    "cpu_millicores": min(lim.cpu_m_max, s.cpu_m + v.max_cpu_step_m)}
-        return {"action": "none"}
+            return resize(min(lim.cpu_m_max, s.cpu_m + v.max_cpu_step_m), s.mem_mb)
+        return hold()
     keep = _keep(n, lim)
     if keep < s.replicas:
-        return {"action": "scale_replicas", "replicas": keep}
-    return {"action": "none"}
+        return scale_replicas(keep)
+    return hold()
 
 
-def _keep(n: StageNeed, lim: Any) -> int:
+def _keep(n: StageNeed, lim: StageLimits) -> int:
     """The fewest replicas that carry the recent peak at no more than U_DOWN."""
     return max(lim.replicas_min, math.ceil(n.peak_demand * U_TARGET / U_DOWN - 1e-9))
 
 
-def _fit_gpu(s: StageObservation, n: StageNeed, lim: Any, sla_ms: float) -> dict:
+def _fit_gpu(s: StageObservation, n: StageNeed, lim: StageLimits, sla_ms: float) -> Entry:
     # the rate below which the stage's p99 (stretched as 1/r) would crowd the SLA; from
     # the worst recent window, since one window's p99 of a heavy-tailed stage is noisy
     floor = lim.rate_min
@@ -159,15 +167,15 @@ def _fit_gpu(s: StageObservation, n: StageNeed, lim: Any, sla_ms: float) -> dict
     if s.util > U_HIGH or n.demand > s.replicas * s.rate:
         if s.rate < lim.rate_max - 1e-9:
             want = max(floor, min(lim.rate_max, n.demand / s.replicas))
-            return {"action": "adjust_rate", "rate_ratio": round(max(want, s.rate), 2)}
+            return set_rate(round(max(want, s.rate), 2))
         want = math.ceil(n.demand)
         if want > s.replicas and s.replicas < lim.replicas_max:
-            return {"action": "scale_replicas", "replicas": min(lim.replicas_max, want)}
-        return {"action": "none"}
+            return scale_replicas(min(lim.replicas_max, want))
+        return hold()
     keep = _keep(n, lim)
     if keep < s.replicas:
-        return {"action": "scale_replicas", "replicas": keep}
+        return scale_replicas(keep)
     rate = round(max(floor, min(lim.rate_max, n.peak_demand * U_TARGET / U_DOWN / s.replicas)), 2)
     if rate < s.rate - 1e-9:
-        return {"action": "adjust_rate", "rate_ratio": rate}
-    return {"action": "none"}
+        return set_rate(rate)
+    return hold()

@@ -1,2 +1,21 @@
-"""Pipeline profiles shipped as package data (YAML); load them with
-`sair_ray.sim.profiles.load_profile(name)` and copy them as templates for your own."""
+"""Pipeline profiles: the description of a pipeline (its `PipelineSpec`: stages, limits,
+SLA, cluster) plus how each stage behaves in the simulator, and the loader.
+
+The four paper pipelines ship here as YAML package data (`<name>.yaml`); load one with
+`load_profile(name)`, or any profile file with `load_profile(path)`, and copy them as
+templates for your own. The file format is in `sair_ray/profiles/loader.py` and
+docs/simulator.md.
+"""
+
+from sair_ray.profiles.loader import (
+    PROFILE_PACKAGE,
+    Profile,
+    ProfileError,
+    list_profiles,
+    load_profile,
+    profile_from_dict,
+    profile_from_yaml,
+)
+
+__all__ = ["PROFILE_PACKAGE", "Profile", "ProfileError", "list_profiles", "load_profile",
+           "profile_from_dict", "profile_from_yaml"]

@@ -28,7 +28,7 @@ from array import array
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,14 +38,12 @@ from sair_ray.sim.metrics import (
     Columns,
     LatencyHistogram,
     SimTotals,
-    StageWindow,
+    StageMetrics,
     StepSeries,
     WindowMetrics,
     percentiles_ms,
 )
 from sair_ray.sim.model import StageModel
-from sair_ray.sim.profiles import Profile
-from sair_ray.sim.workloads import Workload
 from sair_ray.types import (
     Allocation,
     ClusterResources,
@@ -53,6 +51,10 @@ from sair_ray.types import (
     StageKind,
     StageSpec,
 )
+
+if TYPE_CHECKING:  # a profile holds the simulator's stage models: no import at run time
+    from sair_ray.profiles import Profile
+    from sair_ray.workloads import Workload
 
 log = logging.getLogger(__name__)
 
@@ -661,7 +663,7 @@ class Simulation:
             stages=stages)
 
     def _stage_window(self, st: _Stage, start: float, end: float,
-                      present: bool) -> StageWindow:
+                      present: bool) -> StageMetrics:
         width = end - start
         rl = st.req_log
         sl = rl.range(start, end)
@@ -693,7 +695,7 @@ class Simulation:
                 if rep.job is not None and rep.job[1] > end:
                     queue += sum(1 for _, enq in rep.job[0] if enq <= end)
 
-        return StageWindow(
+        return StageMetrics(
             name=st.spec.name, kind=st.kind, allocation=st.allocation_at(end),
             serving_replicas=serving_s / width, queue=queue, util=util, p50_ms=p50,
             p99_ms=p99, queue_delay_ms=float(wait.mean() * 1e3) if len(wait) else 0.0,

@@ -142,7 +142,7 @@ class LatencyHistogram:
 
 
 @dataclass(frozen=True)
-class StageWindow:
+class StageMetrics:
     """One stage over one window [start, end)."""
 
     name: str
@@ -183,7 +183,7 @@ class WindowMetrics:
     cost_rate_billable: float
     cost_effective_usd: float       # $ spent over the window
     cost_billable_usd: float
-    stages: tuple[StageWindow, ...]
+    stages: tuple[StageMetrics, ...]
 
     def to_context(self, app: str, sla_ms: float, *, effective: bool = True) -> Context:
         obs = tuple(StageObservation(

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from sair_ray.baselines import Oracle
 from sair_ray.config import ValidatorConfig
+from sair_ray.profiles import load_profile
 from sair_ray.sim.engine import Simulation
-from sair_ray.sim.profiles import load_profile
 from sair_ray.sim.queueing import mmc_wait_quantile
-from sair_ray.sim.workloads import Burst, Poisson
 from sair_ray.types import StageAllocation
 from sair_ray.validator import Validator
+from sair_ray.workloads import Burst, Poisson
 from tests.baselines.helpers import request
 from tests.sim.builders import profile, stage
 

@@ -8,8 +8,8 @@ from sair_ray.baselines import Static
 from sair_ray.baselines.vpa import VPA
 from sair_ray.config import SAIRConfig, ValidatorConfig
 from sair_ray.policy.base import Policy
+from sair_ray.profiles import load_profile
 from sair_ray.registry import BASELINES, POLICIES, PolicyError, get, get_live, make_policy
-from sair_ray.sim.profiles import load_profile
 from sair_ray.validator import Validator
 from tests.baselines.helpers import alloc, request
 from tests.factories import pipeline

@@ -15,7 +15,7 @@ from sair_ray.bench import (
 )
 from sair_ray.bench.report import summarise, to_markdown
 from sair_ray.cli import app
-from sair_ray.sim.profiles import load_profile
+from sair_ray.profiles import load_profile
 
 runner = CliRunner()
 APP = "image_classification"

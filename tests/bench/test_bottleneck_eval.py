@@ -19,9 +19,9 @@ from sair_ray.bench.bottleneck_eval import (
 )
 from sair_ray.cli import app
 from sair_ray.config import ValidatorConfig
-from sair_ray.sim.profiles import load_profile
-from sair_ray.sim.workloads import Poisson
+from sair_ray.profiles import load_profile
 from sair_ray.validator import is_feasible
+from sair_ray.workloads import Poisson
 
 
 def test_metrics_on_a_hand_checked_confusion_matrix():

@@ -15,8 +15,9 @@ from sair_ray.bench.grid import make_workload, run_scenario, sair_config
 from sair_ray.bench.sweep import ATTAINMENT_GOAL, build_sweep, candidates, select
 from sair_ray.bench.tuned import load_tuned
 from sair_ray.config import ValidatorConfig
-from sair_ray.sim.profiles import load_profile
-from sair_ray.types import Action, Decision, StageAllocation, StageDelta
+from sair_ray.decision import Decision
+from sair_ray.profiles import load_profile
+from sair_ray.types import Action, StageAllocation, StageDelta
 from tests.factories import context, pipeline
 
 APP = "image_classification"
@@ -137,7 +138,7 @@ def test_sair_path_explores_learns_and_never_escapes(tmp_path, monkeypatch):
 # -- the escape counter --------------------------------------------------------------------
 def _decision(t: float, ctx, action: Action) -> Decision:
     return Decision(round=int(t // 30), time=t, app="imgcls", source="policy:x",
-                    context=ctx.to_dict(), action=action.to_dict())
+                    context=ctx, action=action, targets=action.apply(ctx.allocation))
 
 
 def test_escape_counter_flags_limits_steps_cooldowns_and_mismatches():

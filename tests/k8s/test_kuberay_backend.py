@@ -19,7 +19,7 @@ from sair_ray.backends.kubernetes import (
     ServeTarget,
 )
 from sair_ray.operator.metrics import SimulatedMetrics
-from sair_ray.sim.profiles import load_profile
+from sair_ray.profiles import load_profile
 from sair_ray.types import StageAllocation
 from tests.k8s.apiserver import ApiServer, Kind, Store
 from tests.k8s.helpers import DEPLOYMENTS, RAYSERVICES, plain_deployment, sample

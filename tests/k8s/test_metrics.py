@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from sair_ray.observe.window import AppWindow, StageWindow
-from sair_ray.operator.metrics import MetricsSourceError, SimulatedMetrics, context_from_window
+from sair_ray.backends.metrics import AppWindow, StageWindow, context_from_window
+from sair_ray.operator.metrics import MetricsSourceError, SimulatedMetrics
 from sair_ray.types import StageAllocation
 from tests.factories import pipeline
 
@@ -48,3 +48,25 @@ def test_simulator_must_model_the_same_stages() -> None:
 def test_unknown_profile_is_named() -> None:
     with pytest.raises(MetricsSourceError, match="no shipped profile 'nope'"):
         SimulatedMetrics("nope", ("a",), start=0.0)
+
+
+def test_simulated_windows_give_the_simulators_own_context() -> None:
+    """Through the port (AppWindow -> context_from_window) the dry run sees what the
+    simulator backend observes itself (cost aside, which the controller recomputes)."""
+    from dataclasses import replace
+
+    from sair_ray.backends.metrics import MetricsSource
+    from sair_ray.backends.sim import SimBackend
+    from sair_ray.operator.metrics import app_window
+
+    backend = SimBackend("image_classification", {"kind": "burst", "base": 20, "spike": 200,
+                                                  "period_s": 300, "spike_s": 60}, seed=3)
+    src = SimulatedMetrics("image_classification", backend.pipeline.stage_names, start=0.0)
+    assert isinstance(src, MetricsSource)
+    for t in range(30, 1801, 30):
+        backend.advance_to(t)
+        w = backend.window(t - 30, t)
+        own = replace(backend.observe(t - 30, t), cost_rate=0.0)
+        ported = context_from_window(app_window(w, "image_classification"), backend.pipeline,
+                                     own.allocation)
+        assert repr(ported) == repr(own)

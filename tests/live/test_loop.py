@@ -35,7 +35,7 @@ def test_rounds_log_decisions_and_persist_state(tmp_path) -> None:
     decisions = [loop.round(t) for t in range(10, 130, 10)]
     assert all(d is not None for d in decisions)
     # 50 req/s against one ~17 req/s preprocess replica: the threshold policy adds replicas
-    assert decisions[-1].context["stages"][0]["replicas"] > 1
+    assert decisions[-1].context.stages[0].replicas > 1
     st = loop.status()
     assert st["rounds"] == 12 and st["rounds_ok"] == 12 and st["rounds_failed"] == 0
     assert st["last_decision"]["round"] == 11
@@ -173,9 +173,9 @@ def test_a_stage_changed_by_someone_else_is_held_for_its_cooldowns(tmp_path) -> 
     loop = LiveLoop(_opts(tmp_path), backend_factory=lambda o: _SimWithUserChange())
     d = loop.round(10)
     # overloaded preprocess would be scaled up at once (see the first test); held instead
-    assert "preprocess" not in d.action
-    assert any(c["stage"] == "preprocess" and "cooldown" in c["reason"] for c in d.clamps)
+    assert d.action.delta("preprocess").is_noop
+    assert any(c.stage == "preprocess" and "cooldown" in c.reason for c in d.clamps)
     # after the hold (and the threshold policy's own 60 s cooldown) it is scaled again
     later = [loop.round(t) for t in range(20, 100, 10)]
-    assert any(x.action.get("preprocess", {}).get("replicas", 0) > 0 for x in later)
+    assert any(x.action.delta("preprocess").replicas > 0 for x in later)
     loop.close()

@@ -15,13 +15,14 @@ import pytest
 from sair_ray.backends.ray_serve import (
     MB,
     AppView,
+    RayServeBackend,
     ServeAdmin,
     ServeAdminError,
     ServeSetupError,
     build_config_update,
     check_app,
 )
-from sair_ray.sim.profiles import load_profile
+from sair_ray.profiles import load_profile
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE = FIXTURES / "tiny_pipeline.yaml"
@@ -128,3 +129,35 @@ def test_admin_errors_carry_status_and_reason(server: str) -> None:
         ServeAdmin(server).scale("locked", "pre", 2)
     with pytest.raises(ServeAdminError, match="cannot reach the Ray dashboard"):
         ServeAdmin("127.0.0.1:9", timeout_s=2).details()
+
+
+def test_a_round_reads_the_dashboard_once(details: dict) -> None:
+    """sync, observe and apply of one round share one read of the Serve details."""
+    from sair_ray.backends.metrics import AppWindow
+
+    class Admin:
+        reads = 0
+
+        def details(self) -> dict:
+            Admin.reads += 1
+            return copy.deepcopy(details)
+
+        def scale(self, app: str, deployment: str, replicas: int) -> None:
+            details["applications"][app]["deployments"][deployment][
+                "target_num_replicas"] = replicas
+
+    class Metrics:
+        def window(self, start: float, end: float) -> AppWindow:
+            return AppWindow("tiny_pipeline", start, end)
+
+    res = ({"CPU": 8.0, "memory": 8192.0 * MB}, {"CPU": 4.0, "memory": 4096.0 * MB})
+    b = RayServeBackend("tiny_pipeline", profile=PROFILE, admin=Admin(),  # type: ignore
+                        metrics=Metrics(), resources=lambda: res)
+    for now in (30.0, 60.0):
+        before = Admin.reads
+        b.sync(now)
+        ctx = b.observe(now - 30, now)
+        pre = ctx.allocation["pre"]
+        b.apply({"pre": type(pre)(pre.replicas + 1, pre.cpu_m, pre.mem_mb)}, now)
+        assert Admin.reads - before == 1
+    assert Admin.reads == 3 and not b.external_changes  # each round saw SAIR's last change

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sair_ray.cli import app
 from sair_ray.loadgen import app_bodies, build_plan, workload_from_options
-from sair_ray.sim.workloads import Burst, WorkloadError, find_trace
+from sair_ray.workloads import Burst, WorkloadError, find_trace
 from tests.loadgen.conftest import ServerState
 
 pytestmark = pytest.mark.timeout(60)

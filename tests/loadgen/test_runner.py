@@ -18,7 +18,7 @@ from sair_ray.loadgen import (
     summarize,
     write_results,
 )
-from sair_ray.sim.workloads import Poisson
+from sair_ray.workloads import Poisson
 from tests.loadgen.conftest import ServerState, free_port
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,9 +14,9 @@ from sair_ray.controller import Controller, run_virtual
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
 from sair_ray.policy.candidates import build
+from sair_ray.profiles import load_profile
 from sair_ray.registry import make_policy
-from sair_ray.sim.profiles import load_profile
-from sair_ray.sim.workloads import Poisson
+from sair_ray.workloads import Poisson
 from tests.policy.helpers import overloaded, request
 
 pytestmark = [

@@ -238,7 +238,7 @@ def test_the_key_is_in_no_log_decision_record_or_error(tmp_path, caplog, capsys,
     from sair_ray.embedding import phi_dim
     from sair_ray.memory import ExperienceMemory
     from sair_ray.registry import make_policy
-    from sair_ray.sim.workloads import Poisson
+    from sair_ray.workloads import Poisson
 
     key = "sk-canary-5f3a9c0d1e2b"
     monkeypatch.setenv("SAIR_TEST_KEY", key)

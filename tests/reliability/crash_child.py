@@ -38,8 +38,8 @@ from sair_ray.files import read_json, write_json_atomic
 from sair_ray.live.loop import LiveLoop, LiveOptions
 from sair_ray.memory import ExperienceMemory
 from sair_ray.registry import make_policy
-from sair_ray.sim.workloads import Poisson
 from sair_ray.types import Experience, StageAllocation
+from sair_ray.workloads import Poisson
 
 CFG = SAIRConfig().replace(**{"memory.segment_rows": 5, "memory.fsync": True, "seed": 0,
                               "reward.store_all": True})

@@ -79,7 +79,7 @@ def test_actor_killed_mid_apply_resumes_without_loss_or_repeat(served: Served,
 
     from sair_ray.live import attach
     from sair_ray.loadgen import LoadRunner, app_bodies, build_plan
-    from sair_ray.sim.workloads import Poisson
+    from sair_ray.workloads import Poisson
 
     proxy = DashboardProxy(served.dashboard).up()
     # A 1 ms SLA makes the policy add capacity as soon as there is load; CPU, memory and

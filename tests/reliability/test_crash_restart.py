@@ -138,8 +138,8 @@ def test_killed_inside_apply_the_action_counts_as_applied_after_restart(tmp_path
     assert all(loop.controller.validator.cooldowns.last_up[s] == applied_at for s in up)
     dec = loop.round(applied_at + 10)
     assert dec is not None and dec.round == rounds_done + 1
-    assert not any(dec.action.get(s, {}).get("replicas", 0) > 0 for s in up), dec.action
-    assert any("cooldown" in c["reason"] for c in dec.clamps)
+    assert not any(dec.action.delta(s).replicas > 0 for s in up), dec.action
+    assert any("cooldown" in c.reason for c in dec.clamps)
     loop.close()
     assert not (d / "applying.json").exists()
     log = list(DecisionLog.read(d / "decisions.jsonl"))

@@ -27,8 +27,8 @@ from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
 from sair_ray.registry import make_policy
-from sair_ray.sim.workloads import Poisson
 from sair_ray.types import StageAllocation
+from sair_ray.workloads import Poisson
 from tests.policy.openai_server import Server, completion
 
 pytestmark = pytest.mark.timeout(180)
@@ -159,30 +159,29 @@ def test_llm_outage_garbage_and_injection_on_the_simulator(tmp_path: Path) -> No
             assert not r.get("error") and not r["rationale"].startswith("fallback")
     # The fallback acted: the pipeline was overloaded (the LLM held), so the threshold rule
     # scaled it up during the outage.
-    acted = [d for d in failed if d.action]   # the action is the validated deltas, {} = none
+    acted = [d for d in failed if d.acted]   # the action is the validated deltas
     assert acted, [d.action for d in failed]
 
     # Decisions resume: every round after the server came back is the LLM's own choice.
     recovered = decisions[-8:]
     assert all(d.source == "policy:sair" and d.rationale.startswith("[") for d in recovered)
-    assert any(d.action for d in recovered)     # and its choices are applied again
+    assert any(d.acted for d in recovered)     # and its choices are applied again
     print(f"\nfailed rounds {len(failed)}, fallback acted in {len(acted)}, recovered actions "
           f"{[d.rationale.split(']')[0] + ']' for d in recovered]}")
 
     # The validator is the only way to the backend: one apply per non-noop validated action,
     # every applied allocation inside the limits, every change within one step.
-    non_noop = [d for d in decisions if d.action]
+    non_noop = [d for d in decisions if d.acted]
     assert len(backend.applied) == len(non_noop) > 0
     assert [t for t, _ in backend.applied] == [d.time for d in non_noop]
     v = cfg.validator
     for d, (_, targets) in zip(non_noop, backend.applied, strict=True):
-        before = d.context["stages"]
+        assert targets == d.targets   # what the validator settled on is what was applied
         for st in pipe.stages:
             lim, a = st.limits(v), targets[st.name]
             assert lim.replicas_min <= a.replicas <= lim.replicas_max
             assert lim.cpu_m_min <= a.cpu_m <= lim.cpu_m_max
             assert lim.mem_mb_min <= a.mem_mb <= lim.mem_mb_max
             assert lim.rate_min <= a.rate <= lim.rate_max
-            prev = next(s for s in before if s["name"] == st.name)
-            assert abs(a.replicas - prev["replicas"]) <= v.max_replica_step
+            assert abs(a.replicas - d.context.stage(st.name).replicas) <= v.max_replica_step
     assert max(a.replicas for _, t in backend.applied for a in t.values()) < 1000

@@ -13,7 +13,7 @@ from sair_ray.controller import Controller, run_virtual
 from sair_ray.embedding import phi_dim
 from sair_ray.memory import ExperienceMemory
 from sair_ray.registry import make_policy
-from sair_ray.sim.workloads import Poisson
+from sair_ray.workloads import Poisson
 
 ROUNDS = 60  # 1800 s / 30 s
 

@@ -39,8 +39,8 @@ def test_human_output_explains_probe_policy_clamps_and_reward(sim_run):
     clamped = [d for d in decisions if d.clamps]
     assert clamped, "the fixture run should have a clamped round"
     c = clamped[0].clamps[0]
-    assert f"{c['stage']}.{c['field']}: proposed" in text and c["reason"] in text
-    assert "retrieved" in text and decisions[-1].retrieved[0]["id"][:12] in text
+    assert f"{c.stage}.{c.field}: proposed" in text and c.reason in text
+    assert "retrieved" in text and decisions[-1].retrieved[0].id[:12] in text
     assert "r_lat" in text and "r_pareto" in text
     assert "not known yet" in text  # the last round's reward
 
@@ -52,7 +52,7 @@ def test_last_n_and_json_are_the_merged_records(sim_run):
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     assert [x["round"] for x in lines] == [ROUNDS - 3, ROUNDS - 2, ROUNDS - 1]
     assert lines[0]["reward"]["total"] == load(path).decisions[-3]["reward"]["total"]
-    assert lines[-1]["action"] == decisions[-1].action
+    assert lines[-1]["action"] == decisions[-1].action.to_dict()
 
 
 def test_app_name_resolves_through_the_data_dir(sim_run, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from sair_ray.memory import ExperienceMemory
 from sair_ray.metrics_export import METRICS, MetricsExporter, ray_factory, safe_record
 from sair_ray.registry import make_policy
 from sair_ray.reward import TERMS
-from sair_ray.sim.workloads import Poisson
+from sair_ray.workloads import Poisson
 
 ROUNDS = 40
 
@@ -90,11 +90,11 @@ def test_counters_match_the_controller(exported):
     assert exp.m["sair_probes"].total[("imgcls",)] == ctl.counters.probes
     assert exp.m["sair_policy_calls"].total[("imgcls",)] == ctl.counters.policy_calls
     assert exp.m["sair_experiences_stored"].total[("imgcls",)] == ctl.counters.stored > 0
-    assert sum(exp.m["sair_actions"].total.values()) == sum(bool(d.action) for d in decisions)
+    assert sum(exp.m["sair_actions"].total.values()) == sum(d.acted for d in decisions)
     clamps = exp.m["sair_validator_clamps"].total
     assert sum(clamps.values()) == sum(len(d.clamps) for d in decisions) > 0
     first = next(c for d in decisions for c in d.clamps)
-    assert clamps[("imgcls", first["stage"], first["field"])] >= 1
+    assert clamps[("imgcls", first.stage, first.field)] >= 1
     assert len(exp.m["sair_policy_latency_ms"].observed) == ctl.counters.policy_calls
     assert len(exp.m["sair_round_ms"].observed) == ROUNDS
     assert exp.m["sair_memory_experiences"].value[("imgcls",)] == mem_size
@@ -104,13 +104,13 @@ def test_gauges_follow_the_run(exported):
     exp, ctl, decisions, targets, rewards, _, _ = exported
     # the replica targets exported after round i are what round i+1 observed in force
     for i in range(ROUNDS - 1):
-        seen = {s["name"]: s["replicas"] for s in decisions[i + 1].context["stages"]}
+        seen = {s.name: s.replicas for s in decisions[i + 1].context.stages}
         assert targets[i] == seen, i
     assert exp.m["sair_reward"].value[("imgcls",)] == pytest.approx(rewards[-1])
     assert exp.m["sair_reward_mean"].value[("imgcls",)] == pytest.approx(
         ctl.counters.mean_reward)
     assert exp.m["sair_epsilon"].value[("imgcls",)] == decisions[-1].epsilon
-    assert exp.m["sair_p99_ms"].value[("imgcls",)] == decisions[-1].context["p99_ms"]
+    assert exp.m["sair_p99_ms"].value[("imgcls",)] == decisions[-1].context.p99_ms
     # only the GPU stage has a rate target
     assert set(exp.m["sair_stage_gpu_rate_target"].value) == {("imgcls", "inference")}
 

@@ -79,8 +79,7 @@ def test_series_and_pareto_frontier_come_from_the_log(sim_run):
     s = Series.of(recs.decisions)
     assert int(s.probe.sum()) == ctl.counters.probes
     assert [int(x) for x in s.replicas["preprocess"]] == [
-        next(st["replicas"] for st in d.context["stages"] if st["name"] == "preprocess")
-        for d in decisions]
+        d.context.stage("preprocess").replicas for d in decisions]
     assert set(s.rate) == {"inference"}  # only the GPU stage has a rate series
     t, lat, cost, remembered = outcomes(recs.decisions)
     assert remembered and len(t) == ctl.counters.stored

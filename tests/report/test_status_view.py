@@ -76,8 +76,8 @@ def test_top_once_shows_the_latest_round_of_a_log(sim_run):
     assert f"memory {ctl.counters.stored} experiences remembered" in res.output
     assert f"last decision: round {ROUNDS - 1}" in res.output
     assert f"reward of round {ROUNDS - 2}'s action" in res.output
-    for s in last.context["stages"]:
-        assert s["name"] in res.output
+    for s in last.context.stages:
+        assert s.name in res.output
     view = from_log(load(path), last=3)
     assert [d["round"] for d in view.rounds] == [ROUNDS - 3, ROUNDS - 2, ROUNDS - 1]
 

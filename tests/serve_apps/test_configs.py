@@ -10,7 +10,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from sair_ray.sim.profiles import load_profile
+from sair_ray.profiles import load_profile
 from serve_apps import APPS, app_module, config_path
 from serve_apps.serving import build
 

@@ -131,7 +131,7 @@ def test_sair_load_traffic_is_fully_accounted_on_both_sides(deployed: str, tmp_p
     import asyncio
 
     from sair_ray.loadgen import LoadRunner, app_bodies, build_plan, summarize
-    from sair_ray.sim.workloads import Poisson
+    from sair_ray.workloads import Poisson
 
     plan = build_plan(Poisson(4.0), 4.0, seed=5)
     runner = LoadRunner(deployed, plan, app_bodies(APP, plan), concurrency=8, timeout_s=60)

@@ -30,7 +30,7 @@ def run_pipeline(app: str, body: dict) -> list:
 
 
 def test_stage_names_match_the_simulator_profiles() -> None:
-    from sair_ray.sim.profiles import load_profile
+    from sair_ray.profiles import load_profile
 
     for app in APPS:
         mod = app_module(app)

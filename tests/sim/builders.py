@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from sair_ray.profiles import Profile, profile_from_dict
 from sair_ray.sim.engine import Simulation
-from sair_ray.sim.profiles import Profile, profile_from_dict
-from sair_ray.sim.workloads import Poisson, Workload
+from sair_ray.workloads import Poisson, Workload
 
 
 def stage(name: str, *, kind: str = "cpu", replicas: int = 1, cpu_m: int = 1000,

@@ -11,8 +11,8 @@ from sair_ray.config import CostConfig
 from sair_ray.cost import CostModel
 from sair_ray.sim.model import amdahl
 from sair_ray.sim.queueing import mm1k_blocking, mmc_mean_wait
-from sair_ray.sim.workloads import TraceReplay
 from sair_ray.types import StageAllocation
+from sair_ray.workloads import TraceReplay
 from tests.sim.builders import profile, sim, stage
 
 DET = {"dist": "deterministic", "mean_ms": 100}

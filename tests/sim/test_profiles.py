@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import yaml
 
-from sair_ray.sim.distributions import Dist
-from sair_ray.sim.engine import Simulation
-from sair_ray.sim.profiles import (
+from sair_ray.profiles import (
     ProfileError,
     list_profiles,
     load_profile,
     profile_from_dict,
     profile_from_yaml,
 )
-from sair_ray.sim.workloads import Poisson
+from sair_ray.sim.distributions import Dist
+from sair_ray.sim.engine import Simulation
 from sair_ray.types import StageAllocation, StageKind
+from sair_ray.workloads import Poisson
 
 SHIPPED = ("image_classification", "nlp_analysis", "text_generation", "video_analysis")
 

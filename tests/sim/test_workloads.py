@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sair_ray.sim.workloads import (
+from sair_ray.workloads import (
     AZURE_TRACE_FILE,
     TRACE_ENV,
     Burst,

@@ -82,8 +82,8 @@ def test_rounds_reward_remember_and_log(tmp_path):
     assert [d.source for d in decisions] == ["policy:scripted"] * 4
     # Cooldown: a scale-up at t=30 blocks the next one until t=90.
     assert [t for t, _ in backend.applied] == [30.0, 90.0]
-    assert decisions[1].action == {} and any("cooldown" in c["reason"]
-                                             for c in decisions[1].clamps)
+    assert decisions[1].action.is_noop and any("cooldown" in c.reason
+                                               for c in decisions[1].clamps)
     # The first reward judges the t=30 action by the t=60 window: 900 -> 400 ms.
     stored = mem.get(0)
     assert stored.reward > 0 and ctl.counters.stored >= 1
@@ -104,7 +104,7 @@ def test_policy_failure_is_a_counted_noop():
     backend = ScriptedBackend([300.0] * 3)
     ctl = Controller(backend, Exploding(), no_explore())
     decisions = run_virtual(ctl, backend, until=90)
-    assert all(d.action == {} and "LLM endpoint down" in d.error for d in decisions)
+    assert all(d.action.is_noop and "LLM endpoint down" in d.error for d in decisions)
     assert ctl.counters.policy_failures == 3 and backend.applied == []
 
 
@@ -116,8 +116,8 @@ def test_probes_follow_epsilon_and_go_through_the_validator():
     decisions = run_virtual(ctl, backend, until=300)
     assert all(d.source == "probe" for d in decisions)
     for d in decisions:
-        for delta in d.action.values():
-            assert abs(delta["replicas"]) <= 2
+        for delta in d.action.deltas.values():
+            assert abs(delta.replicas) <= 2
 
 
 def test_policy_sees_episodes_bottleneck_and_history(tmp_path):
@@ -147,7 +147,7 @@ def test_cost_rate_comes_from_the_cost_model():
     ctl = Controller(backend, AddPreprocessReplica(), no_explore())
     d = ctl.tick(30.0)
     expected = ctl.costs.rate(context(backend.pipeline).allocation, effective=True)
-    assert np.isclose(d.context["cost_rate"], expected)
+    assert np.isclose(d.context.cost_rate, expected)
 
 
 def test_a_failing_memory_write_does_not_stop_the_loop(tmp_path):

@@ -80,7 +80,7 @@ def test_external_changes_are_held_and_events_logged(tmp_path):
     seen = []
     s = _session(tmp_path, backend=_Shared(), on_event=lambda k, r: seen.append(k))
     d = s.tick(10.0)
-    assert "preprocess" not in d.action   # held for its cooldowns
+    assert d.action.delta("preprocess").is_noop   # held for its cooldowns
     assert s.controller.validator.cooldowns.last_down["preprocess"] == 10.0
     s.close()
     kinds = [r["kind"] for r in DecisionLog.read(tmp_path / "decisions.jsonl")]

@@ -39,10 +39,9 @@ from typing import Any
 
 import yaml
 
-from sair_ray.sim._schema import Fields, SchemaError
+from sair_ray.schema import Fields, SchemaError
 from sair_ray.sim.distributions import KINDS, Dist
 from sair_ray.sim.model import StageModel, WorkTerm
-from sair_ray.sim.workloads import Workload, WorkloadError, workload_from_dict
 from sair_ray.types import (
     ClusterResources,
     PipelineSpec,
@@ -51,6 +50,7 @@ from sair_ray.types import (
     StageKind,
     StageSpec,
 )
+from sair_ray.workloads import Workload, WorkloadError, workload_from_dict
 
 PROFILE_PACKAGE = "sair_ray.profiles"
 

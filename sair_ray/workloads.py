@@ -1,4 +1,5 @@
-"""Arrival processes for the simulator: Poisson, ramp, burst and trace replay.
+"""Arrival processes: Poisson, ramp, burst and trace replay, shared by the simulator
+(`sair_ray.sim`) and the load generator (`sair load`).
 
 Every workload answers three questions:
 
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sair_ray.sim._schema import Fields, SchemaError
+from sair_ray.schema import Fields, SchemaError
 
 AZURE_TRACE_FILE = "azure_llm_code_2023.csv"
 TRACE_ENV = "SAIR_TRACE"

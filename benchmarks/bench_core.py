@@ -57,7 +57,9 @@ def bench_memory(n: int, rng: np.random.Generator, adds: int = 2000) -> dict[str
         mem.add_many([experience(i, x[i], float(r[i])) for i in range(base)])
         out["bulk_load_s"] = time.perf_counter() - t0
         print(f"  loaded {base} in {out['bulk_load_s']:.1f} s", flush=True)
-        if n <= 200_000:  # reopening rebuilds index and graph: minutes at 1M, skipped there
+        # close() writes the index snapshot and the reopen loads it (sair_ray/memory_snapshot.py;
+        # bench_memory_restart.py times every reopen path, 1M included)
+        if n <= 200_000:
             t0 = time.perf_counter()
             mem.close()
             mem = ExperienceMemory(d, DIM, MemoryConfig(), loo_k=CFG.retrieval.loo_k)

@@ -48,6 +48,7 @@ lock:
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 # The suite in shuffled order: modules shuffled, then the tests within each (a new seed
@@ -55,8 +56,10 @@ test: $(STAMP)
 test-random: $(STAMP)
 	$(PY) -m pytest --random-order-bucket=module $(PYTEST_ARGS)
 
+# ruff, then mypy over sair_ray, serve_apps and cuda_tb (config: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict

@@ -29,6 +29,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 SRC_DIR = Path(__file__).resolve().parent / "src"
 FAKE_DIR = SRC_DIR / "fake"
@@ -112,13 +113,16 @@ def _compiler():
         ) from exc
     cc = new_compiler()
     exe = _cc_command()
-    cc.set_executables(
-        compiler=exe,
-        compiler_so=exe,
-        compiler_cxx=exe,
-        linker_so=[*exe, "-shared"],
-        linker_exe=exe,
-    )
+    # Argument lists, not command strings: distutils takes either (it splits a string
+    # itself), though setuptools annotates these keywords as str only.
+    executables: dict[str, Any] = {
+        "compiler": exe,
+        "compiler_so": exe,
+        "compiler_cxx": exe,
+        "linker_so": [*exe, "-shared"],
+        "linker_exe": exe,
+    }
+    cc.set_executables(**executables)
     return cc, (CCompilerError, DistutilsError)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -231,7 +232,7 @@ class SAIRConfig(_Validated):
         return _build(cls, data or {}, "")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> SAIRConfig:
+    def from_yaml(cls, path: str | os.PathLike[str]) -> SAIRConfig:
         p = Path(path)
         try:
             text = p.read_text()
@@ -295,7 +296,7 @@ def _describe(meta: Mapping[str, Any], typ: type) -> str:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     lo, hi = meta.get("lo"), meta.get("hi")
     kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[typ]
-    if lo is None:
+    if lo is None or hi is None:  # _opt sets both bounds or neither
         return kind
     left = "(" if meta.get("lo_open") else "["
     return f"{kind} in {left}{_num(lo)}, {_num(hi)}]"
@@ -350,7 +351,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for name, value in data.items():
         typ = hints[name]
         key = prefix + name
-        if dataclasses.is_dataclass(typ):
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             value = _build(typ, value if value is not None else {}, key + ".")
         kwargs[name] = value
     return cls(**kwargs)
@@ -362,7 +363,7 @@ def iter_options(cls: type = SAIRConfig, prefix: str = "") -> typing.Iterator[
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
-        if dataclasses.is_dataclass(typ):
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             yield from iter_options(typ, prefix + f.name + ".")
         else:
             yield (prefix + f.name, f.default, _describe(f.metadata, typ), f.metadata["help"])

@@ -40,7 +40,8 @@ def _drop_torn_tail(path: Path) -> None:
         f.seek(-1, 2)
         if f.read(1) == b"\n":
             return
-        data = f.seek(0) or f.read()
+        f.seek(0)
+        data = f.read()
         f.truncate(data.rfind(b"\n") + 1)
 
 

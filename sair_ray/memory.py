@@ -727,9 +727,12 @@ class ExperienceMemory:
 
     def _upto(self, hi: int) -> faiss.SearchParameters:
         sel = faiss.IDSelectorRange(0, hi)
+        # faiss's stubs give SearchParameters no keyword constructor (the SWIG wrapper
+        # accepts one) and omit SearchParametersHNSW.
         if self.exact:
-            return faiss.SearchParameters(sel=sel)
-        return faiss.SearchParametersHNSW(sel=sel, efSearch=HNSW_EF_SEARCH)
+            return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+        return faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+            sel=sel, efSearch=HNSW_EF_SEARCH)
 
     def _merge(self, rows: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> None:
         """Merge candidate pairs (row -> id at squared distance) into the rows' lists."""

@@ -45,7 +45,8 @@ MAGIC = b"SAIRSNP1"
 FORMAT = 1
 _HEADER = struct.Struct("<8sII")  # magic, manifest length, manifest crc32
 # dtype of each list section; the index section is the bytes faiss serialises
-_DTYPES = {"nbr": np.dtype("<i8"), "nd2": np.dtype("<f4"), "ver": np.dtype("<i8")}
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "nbr": np.dtype("<i8"), "nd2": np.dtype("<f4"), "ver": np.dtype("<i8")}
 
 
 class SnapshotError(Exception):
@@ -58,11 +59,12 @@ class Snapshot:
     nbr: np.ndarray            # (rows, loo_k) int64
     nd2: np.ndarray            # (rows, loo_k) float32
     ver: np.ndarray            # (rows,) int64
-    index: faiss.Index | None  # the HNSW index; None while the index is exact (flat)
+    index: faiss.IndexHNSWFlat | None  # the HNSW index; None while the index is exact
 
 
 def crc32(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    # .data: the array's memoryview (numpy types ndarray as a Buffer only on Python 3.12+)
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
 
 
 def fsync_dir(path: Path) -> None:
@@ -95,7 +97,7 @@ def write(path: Path, key: dict[str, Any], vectors: np.ndarray, nbr: np.ndarray,
             f.write(_HEADER.pack(MAGIC, len(body), zlib.crc32(body)))
             f.write(body)
             for a in sections.values():
-                f.write(a.reshape(-1).view(np.uint8))
+                f.write(a.reshape(-1).view(np.uint8).data)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -154,7 +156,7 @@ def _read(f: Any, size: int, key: dict[str, Any], vectors: np.ndarray) -> Snapsh
 
 
 def _section(f: Any, base: int, s: dict[str, Any]) -> np.ndarray:
-    dtype = _DTYPES.get(s["name"], np.dtype(np.uint8))
+    dtype: np.dtype[Any] = _DTYPES.get(s["name"], np.dtype(np.uint8))
     if np.dtype(s["dtype"]) != dtype:
         raise SnapshotError(f"section {s['name']} has dtype {s['dtype']}, expected {dtype.str}")
     a = np.empty(s["shape"], dtype=dtype)
@@ -172,7 +174,7 @@ def _deserialize(buf: np.ndarray) -> faiss.Index:
     """The index serialised in `buf`. `faiss.deserialize_index` first copies the buffer into
     a zero-filled std::vector (0.8 s of a 2 s load at 1 000 000 rows); a reader callback
     hands faiss slices of it instead."""
-    view, pos = memoryview(buf), 0
+    view, pos = buf.data, 0
 
     def read(n: int) -> bytes:
         nonlocal pos
@@ -180,7 +182,8 @@ def _deserialize(buf: np.ndarray) -> faiss.Index:
         pos += len(chunk)
         return chunk
 
-    return faiss.read_index(faiss.PyCallbackIOReader(read))
+    # faiss's stubs omit the Python-side PyCallbackIOReader (faiss/python/__init__.py)
+    return faiss.read_index(faiss.PyCallbackIOReader(read))  # type: ignore[attr-defined]
 
 
 def _checked(arrays: dict[str, np.ndarray], rows: int, key: dict[str, Any]) -> Snapshot:
@@ -195,16 +198,17 @@ def _checked(arrays: dict[str, np.ndarray], rows: int, key: dict[str, Any]) -> S
     # turning into an IndexError in a later round.
     if nbr.min() < -1 or nbr.max() >= rows or ver.min() < 0 or ver.max() > rows:
         raise SnapshotError("neighbour lists point outside the rows covered")
-    index = None
+    index: faiss.IndexHNSWFlat | None = None
     if key["index"] == "hnsw":
         if "index" not in arrays:
             raise SnapshotError("section index missing")
         try:
-            index = _deserialize(arrays["index"])
+            loaded = _deserialize(arrays["index"])
         except RuntimeError as e:
             raise SnapshotError(f"index cannot be deserialised ({e})") from None
-        if not isinstance(index, faiss.IndexHNSWFlat) or index.ntotal != rows or \
-                index.d != key["dim"]:
-            raise SnapshotError(f"index is a {type(index).__name__} of {index.ntotal} x "
-                                f"{index.d}, expected IndexHNSWFlat of {rows} x {key['dim']}")
+        if not isinstance(loaded, faiss.IndexHNSWFlat) or loaded.ntotal != rows or \
+                loaded.d != key["dim"]:
+            raise SnapshotError(f"index is a {type(loaded).__name__} of {loaded.ntotal} x "
+                                f"{loaded.d}, expected IndexHNSWFlat of {rows} x {key['dim']}")
+        index = loaded
     return Snapshot(rows, nbr, nd2, ver, index)

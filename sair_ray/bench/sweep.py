@@ -76,7 +76,7 @@ def select(rows: Sequence[dict[str, Any]]) -> tuple[TunedSettings, list[dict[str
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["app"], r["method"], r["settings"]), []).append(r)
-    summary = []
+    summary: list[dict[str, Any]] = []
     for (app, method, settings), rs in groups.items():
         att = [float(r["sla_attainment_steady"]) for r in rs]
         att = [0.0 if math.isnan(x) else x for x in att]

@@ -8,6 +8,7 @@ so `sair attach` returns as soon as it is up, and keeps running after the comman
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -198,6 +199,6 @@ def _connect(address: str | None) -> None:
         except (OSError, ValueError) as e:
             fail(f"no Ray cluster at {address}: {e}")
     try:
-        ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as e:
         fail(f"cannot connect to a Ray cluster ({address or 'auto'}): {e}")

@@ -34,7 +34,7 @@ def memory_stats(path: Path, dim: Annotated[int | None, typer.Option(
             return
         with ExperienceMemory(path, dim) as m:
             r = m.rewards
-            stats = {"experiences": len(m), "exact_index": m.exact}
+            stats: dict[str, int | float] = {"experiences": len(m), "exact_index": m.exact}
             if len(m):
                 stats |= {"reward_min": float(r.min()), "reward_mean": float(r.mean()),
                           "reward_max": float(r.max())}

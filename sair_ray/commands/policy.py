@@ -95,12 +95,12 @@ def check(
         fail(str(e))
     alloc = pipeline.initial_allocation()
     first = pipeline.stages[0].name
-    stages = [StageObservation(
+    stages = tuple(StageObservation(
         name=s.name, kind=s.kind, replicas=a.replicas, cpu_m=a.cpu_m, mem_mb=a.mem_mb,
         rate=a.rate, queue=120.0 if s.name == first else 1.0,
         util=0.98 if s.name == first else 0.4, p50_ms=40.0, p99_ms=120.0,
         queue_delay_ms=900.0 if s.name == first else 2.0, throughput_rps=30.0)
-        for s, a in ((s, alloc[s.name]) for s in pipeline.stages)]
+        for s, a in ((s, alloc[s.name]) for s in pipeline.stages))
     ctx = Context(app=pipeline.name, time=0.0, stages=stages, arrival_rate=40.0,
                   p50_ms=pipeline.sla_ms, p99_ms=3 * pipeline.sla_ms, sla_ms=pipeline.sla_ms)
     req = PolicyRequest(now=0.0, context=ctx, pipeline=pipeline, free=pipeline.cluster,

@@ -197,7 +197,7 @@ def run_demo(opts: DemoOptions, console: Any) -> Path:
     try:
         console.print(f"starting a local Ray cluster ({opts.num_cpus} logical CPUs) ...")
         ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
+                 dashboard_host="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
         admin = ServeAdmin(discover_dashboard_url(), timeout_s=180)  # the first PUT starts Serve
         console.print(f"deploying {APP} from {SERVE_CONFIG.name} "
                       "(external_scaler_enabled: true) ...")

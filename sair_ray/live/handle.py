@@ -139,7 +139,8 @@ def attach(app: str, config: SAIRConfig | Mapping[str, Any] | str | None = None,
         opts.__dict__ | {"config": dict(opts.config)})
     handle = AttachHandle(app, actor)
     try:
-        ray.get(actor.ping.remote(), timeout=timeout_s)
+        # ray types the methods of a handle to an undecorated actor class as plain methods
+        ray.get(actor.ping.remote(), timeout=timeout_s)  # type: ignore[attr-defined]
     except Exception as e:
         raise AttachError(f"the SAIR controller actor for {app!r} did not start: {e}") from e
     return handle

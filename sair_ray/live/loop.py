@@ -31,6 +31,7 @@ from sair_ray.decision import Decision
 from sair_ray.files import ControllerFiles
 from sair_ray.live.paths import app_data_dir
 from sair_ray.metrics_export import make_exporter, safe_record
+from sair_ray.serve import Plan, publish_plan, read_modes
 from sair_ray.session import RoundTimer, Session
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,10 @@ class LiveLoop:
         # SAIR's own Prometheus metrics (decisions, probes, clamps, reward, targets) through
         # Ray's metrics API, next to Serve's; a no-op outside a Ray process.
         self.metrics = make_exporter(opts.app)
+        # The replica plan for Serve-native mode (sair_ray/serve.py), published every
+        # round; harmless (a KV write) for an app driven through the external scaler.
+        self.plan: Plan | None = None
+        self.publish: Callable[[Plan], bool] = publish_plan
 
     @property
     def controller(self) -> Controller | None:
@@ -158,6 +163,7 @@ class LiveLoop:
         try:
             if not self.setup():
                 self.rounds_failed += 1
+                self._publish_failing(now)
                 return None
             assert self.session is not None
             d = self.session.tick(now)
@@ -165,6 +171,7 @@ class LiveLoop:
             self.rounds_failed += 1
             self.last_error = f"round at {now:.0f}: {e!r}"
             log.exception("%s: round failed", self.opts.app)
+            self._publish_failing(now)
             return None
         finally:
             self.cpu_s += time.thread_time() - cpu0
@@ -174,7 +181,20 @@ class LiveLoop:
             self.decide_ms += d.timings_ms.get("decide", 0.0)
             self.recent.append(summarize(d))
         self.last_error = d.error
+        self.plan = Plan(self.opts.app, d.round, now, self.cfg.loop.decision_interval_s,
+                         {name: t.replicas for name, t in d.targets.items()})
+        self.publish(self.plan)
         return d
+
+    def _publish_failing(self, now: float) -> None:
+        # A failing controller sends Serve-native deployments to Serve's fallback at once
+        # rather than after the plan goes stale.
+        last = self.plan
+        self.plan = Plan(self.opts.app, last.round if last else -1,
+                         last.time if last else now, self.cfg.loop.decision_interval_s,
+                         dict(last.targets) if last else {},
+                         failing=self.last_error or "round failed")
+        self.publish(self.plan)
 
     def run(self, stop: threading.Event) -> None:
         """Round every `decision_interval_s` until `stop` is set (real time)."""
@@ -216,6 +236,9 @@ class LiveLoop:
             # Controller overhead: CPU time of the rounds (this thread) per wall second. An
             # LLM served out of process (llama.cpp server, vLLM) is not included.
             "cpu_frac": self.cpu_s / wall,
+            # Serve-native mode: each deployment's mode as the app's SAIRPolicy last
+            # reported it; None when the app does not use it
+            "serve_native": _serve_modes(self.opts.app),
         }
 
     def decisions(self, last: int = 10) -> list[dict[str, Any]]:
@@ -226,6 +249,13 @@ class LiveLoop:
     def close(self) -> None:
         if self.session is not None:
             self.session.close()
+
+
+def _serve_modes(app: str) -> dict[str, Any] | None:
+    try:
+        return read_modes(app)
+    except Exception as e:  # a status read must not fail on this
+        return {"error": repr(e)}
 
 
 def _ray_serve_backend(opts: LiveOptions) -> Any:

@@ -76,7 +76,8 @@ class MetricsClient:
                 f"cannot read metrics of app {app!r}: this process is not connected to Ray "
                 "(call ray.init(address='auto') first)")
         try:
-            self._actor = ray.get_actor(actor_name(app), namespace=METRICS_NAMESPACE)
+            # Any: ray types the methods of a handle it got by name as Never
+            self._actor: Any = ray.get_actor(actor_name(app), namespace=METRICS_NAMESPACE)
         except ValueError:
             raise MetricsUnavailable(
                 f"no metrics actor {actor_name(app)!r} in Ray namespace "

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sair_ray.backends.kubernetes import RAYSERVICE, KubeCustomObject, KubeDeployment
 from sair_ray.operator.runner import ResourceRunner, build_runner
@@ -99,11 +99,15 @@ class Operator:
 
     def sync(self) -> None:
         """List every PipelineAutoscaler: start what is new, stop what is gone."""
+        # The custom-objects API returns the decoded JSON (a dict); the client annotates
+        # it as object.
+        lst: dict[str, Any]
         if self.namespace:
-            lst = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace,
-                                                            PLURAL)
+            lst = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL))
         else:
-            lst = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            lst = cast(dict[str, Any],
+                       self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
         seen = set()
         for obj in lst.get("items", []):
             meta = obj.get("metadata") or {}
@@ -150,6 +154,7 @@ class Operator:
             self.tick_due()
             timeout = max(1, math.ceil(self._seconds_to_next_round()))
             w = watch.Watch()
+            fn: Callable[..., object]
             args: tuple[Any, ...]
             if self.namespace:
                 fn, args = self.custom.list_namespaced_custom_object, (

@@ -269,6 +269,8 @@ class LLMPolicy:
             self._ensure()
         except LMUnavailable as e:
             return PolicyReply(proposal=None, error=f"LLM unavailable: {e}")
+        ep = self._endpoint
+        assert ep is not None  # _ensure() has set it
         cands = build(request, self.cfg.validator)
         inputs = self.inputs(request, cands)
         self._adapter.schema = self.schema_for(cands)
@@ -290,9 +292,9 @@ class LLMPolicy:
         except Exception as e:  # endpoint down, HTTP error, timeout inside LiteLLM
             # masked before it is cut, so that no prefix of the key survives the cut
             return PolicyReply(proposal=None, error=f"LLM call failed: {e.__class__.__name__}: "
-                               f"{self._endpoint.redact(str(e))[:300]}")
+                               f"{ep.redact(str(e))[:300]}")
         self.last_prompt_chars = self._adapter.last_prompt_chars or self.last_prompt_chars
-        raw = self._endpoint.redact(raw)  # the reply goes into the decision log verbatim
+        raw = ep.redact(raw)  # the reply goes into the decision log verbatim
         log.debug("LLM decision in %.2f s: %s", time.perf_counter() - t0, raw[:200])
         reply = {"action": pred.action, "rationale": pred.rationale} if pred is not None \
             else raw

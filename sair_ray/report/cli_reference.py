@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 HEADER = """# CLI reference
 
@@ -69,6 +70,8 @@ def _command(path: list[str], cmd: Any, out: list[str]) -> None:
 
 def generate(app: typer.Typer) -> str:
     root = typer.main.get_command(app)
+    if not isinstance(root, TyperGroup):
+        raise TypeError(f"expected an app with subcommands, got a {type(root).__name__}")
     out = [HEADER, " ".join((root.help or "").split()) + "\n"]
     names = sorted(root.commands)
     out.append("Commands: " + ", ".join(f"`sair {n}`" for n in names) + ".\n")

@@ -57,6 +57,9 @@ class Series:
         def col(f: Callable[[dict[str, Any]], Any], items: list[dict[str, Any]]) -> np.ndarray:
             return np.array([num(f(x)) for x in items], dtype=float)
 
+        def key_col(key: str, items: list[dict[str, Any]]) -> np.ndarray:
+            return col(lambda x: x.get(key), items)
+
         def stage_col(name: str, key: str) -> np.ndarray:
             return np.array([num(next((s.get(key) for s in c.get("stages", [])
                                        if s["name"] == name), None)) for c in ctxs])
@@ -74,7 +77,7 @@ class Series:
             clamps=np.array([len(d.get("clamps") or []) for d in decisions], dtype=int),
             replicas={n: stage_col(n, "replicas") for n in stages},
             rate={n: stage_col(n, "rate") for n in gpu},
-            reward={k: col(lambda r, k=k: r.get(k), rewards) for k in ("total", *REWARD_TERMS)},
+            reward={k: key_col(k, rewards) for k in ("total", *REWARD_TERMS)},
         )
 
 

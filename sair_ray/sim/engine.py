@@ -153,8 +153,8 @@ class Simulation:
                                               strict=True)):
             a = self._checked(spec, init[spec.name])
             self._stages.append(_Stage(i, spec, model, a, start))
-        for a, b in itertools.pairwise(self._stages):
-            a.next = b
+        for st, nxt in itertools.pairwise(self._stages):
+            st.next = nxt
         self._by_name = {st.spec.name: st for st in self._stages}
 
         self._heap: list[tuple[Any, ...]] = []

@@ -179,3 +179,23 @@ def test_a_stage_changed_by_someone_else_is_held_for_its_cooldowns(tmp_path) -> 
     later = [loop.round(t) for t in range(20, 100, 10)]
     assert any(x.action.delta("preprocess").replicas > 0 for x in later)
     loop.close()
+
+
+def test_every_round_publishes_the_plan_for_serve_native_mode(tmp_path) -> None:
+    """sair_ray/serve.py: a good round publishes its replica targets; a failed one marks
+    the last plan failing (so Serve-native deployments fall back at once)."""
+    loop = LiveLoop(_opts(tmp_path), backend_factory=_sim)
+    sent: list = []
+    loop.publish = lambda p: sent.append(p) or True
+    d = loop.round(10)
+    assert d is not None and len(sent) == 1
+    p = sent[0]
+    assert (p.round, p.time, p.interval_s, p.failing) == (0, 10, 10, "")
+    assert p.targets == {n: t.replicas for n, t in d.targets.items()}
+    loop.session.tick = lambda now: (_ for _ in ()).throw(RuntimeError("dashboard down"))
+    assert loop.round(20) is None
+    failing = sent[-1]
+    assert failing.targets == p.targets and failing.time == 10
+    assert "dashboard down" in failing.failing
+    assert loop.status()["serve_native"] is None     # no Ray here: no modes to read
+    loop.close()

@@ -161,3 +161,26 @@ def test_a_round_reads_the_dashboard_once(details: dict) -> None:
         b.apply({"pre": type(pre)(pre.replicas + 1, pre.cpu_m, pre.mem_mb)}, now)
         assert Admin.reads - before == 1
     assert Admin.reads == 3 and not b.external_changes  # each round saw SAIR's last change
+
+
+def test_serve_native_app_is_accepted_and_recognised() -> None:
+    """An app deployed with the SAIR policy (docs/live.md, Serve-native mode) needs no
+    external scaler; any other app without one is refused with both fixes named."""
+    from sair_ray.backends.ray_serve import AppView, ServeSetupError, check_app
+    from sair_ray.profiles import load_profile
+
+    pipeline = load_profile(Path(__file__).parent / "fixtures" / "tiny_pipeline.yaml").pipeline
+    deps = {n: {"name": n} for n in ("pre", "post")}
+
+    def view(cfg: dict) -> AppView:
+        return AppView.from_details({"applications": {"tiny_pipeline": {
+            "source": "declarative", "deployments": deps, "deployed_app_config": cfg}}},
+            "tiny_pipeline")
+
+    native = view({"autoscaling_policy": {"policy_function": "sair_ray.serve:SAIRPolicy"}})
+    assert native.serve_native
+    check_app(native, pipeline)
+    other = view({"autoscaling_policy": {"policy_function": "mine:Policy"}})
+    assert not other.serve_native
+    with pytest.raises(ServeSetupError, match="external_scaler_enabled.*SAIRPolicy"):
+        check_app(other, pipeline)

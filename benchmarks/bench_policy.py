@@ -9,6 +9,8 @@ p99 <= 10 s on 2 CPU cores; everything but the LLM call <= 20 ms).
    parse, validate, act), and the prompt size.
 
     .venv/bin/python benchmarks/bench_policy.py --rounds 40
+    .venv/bin/python benchmarks/bench_policy.py --quick     # 3 rounds on a short warm-up:
+                                                            # the test suite runs this
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def main() -> None:
                     help="llama.cpp threads (0: the embedded default, half the cores)")
     ap.add_argument("--prompt-episodes", type=int, default=0,
                     help="policy.prompt_episodes (0: auto, 4 for the embedded model)")
+    ap.add_argument("--quick", action="store_true",
+                    help="3 rounds after 0.1 h of warm-up (a check that the script runs)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.warm_hours = 3, 0.1
 
     prof = load_profile(args.app)
     step = SAIRConfig().loop.decision_interval_s
@@ -77,8 +83,9 @@ def main() -> None:
             else:
                 rest_ms.append(rest)
             chars.append(d.prompt_chars)
+            what = "set-up + rest" if i == 0 else "rest"
             print(f"round {i + 1}/{args.rounds}: LLM {policy.last_call_ms / 1000:.2f} s, "
-                  f"rest {rest_ms[-1]:.1f} ms, prompt {d.prompt_chars} chars, "
+                  f"{what} {rest:.1f} ms, prompt {d.prompt_chars} chars, "
                   f"{len(d.retrieved)} episodes", flush=True)
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     result = {"app": args.app, "rounds": args.rounds, "failures": failures,

@@ -1,5 +1,5 @@
 """Restart of a big memory: how long reopening N experiences takes, with and without the
-index snapshot (issue 13.5).
+index snapshot.
 
     .venv/bin/python benchmarks/bench_memory_restart.py [--sizes 98000 1000000] [--quick]
         [--json FILE]

@@ -1,12 +1,12 @@
-"""Which experiences a full memory keeps (issue 9: bounded memory growth).
+"""Which experiences a full memory keeps (bounded memory growth: `memory.max_experiences`).
 
 When the memory passes `memory.max_experiences`, it is compacted to 90 % of the cap.
 Kept, in this order:
 
 1. the Pareto frontier of each load bucket: experiences whose outcome (p99 latency, cost
    rate) no other experience at a similar arrival rate beats on both; they are the best
-   known trade-offs, which is what the reward is measured against (SPEC 3);
-2. then the highest leave-one-out surprisal (SPEC 4): the episodes whose reward their
+   known trade-offs, which is what the reward is measured against (docs/algorithm.md §3);
+2. then the highest leave-one-out surprisal (docs/algorithm.md §4): the episodes whose reward their
    neighbours do not predict, which retrieval favours anyway; near-duplicates of their
    neighbours (surprisal ~0) go first;
 3. ties broken towards newer experiences.

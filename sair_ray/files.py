@@ -1,8 +1,9 @@
-"""The files a controller keeps, and crash-safe JSON writes.
+"""The files a controller keeps, where, and crash-safe JSON writes.
 
-One controller's directory (`ControllerFiles.in_dir`; a live app's is
-`sair_ray.live.paths.app_data_dir(app)`, an operator resource's
-`<data dir>/k8s/<namespace>/<name>/`):
+The data dir is `$SAIR_DATA_DIR` if set, else `~/.local/share/sair-ray` (`base_data_dir`).
+One controller's directory (`ControllerFiles.in_dir`; a live app's is `app_data_dir(app)`,
+an operator resource's `<data dir>/k8s/<namespace>/<name>/`); on a multi-node cluster the
+controller actor runs on the head node, so these paths are on the head node:
 
     memory/            experience memory (Parquet segments + journal, sair_ray.memory)
     state.json         Controller.state() and who saved it, rewritten atomically every round
@@ -14,15 +15,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+DATA_DIR_ENV = "SAIR_DATA_DIR"
 MEMORY_DIR = "memory"
 STATE_FILE = "state.json"
 LOG_FILE = "decisions.jsonl"
 INTENT_FILE = "applying.json"
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def base_data_dir(base: str | os.PathLike[str] | None = None) -> Path:
+    if base is not None:
+        return Path(base).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "sair-ray"
+
+
+def app_data_dir(app: str, base: str | os.PathLike[str] | None = None) -> Path:
+    """The app's directory (app names are Serve names; anything odd becomes `_`)."""
+    if not app:
+        raise ValueError("app name must be non-empty")
+    return base_data_dir(base) / _SAFE.sub("_", app)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Experience memory (SPEC 4): an Arrow table on disk as Parquet, a FAISS index in memory.
+"""Experience memory (docs/algorithm.md §4): an Arrow table on disk as Parquet, a FAISS
+index in memory.
 
 On-disk layout of one app's memory directory::
 
@@ -20,10 +21,11 @@ reset leaves duplicates that load removes by id.
 
 In memory: the phi vectors (float32), the rewards, a FAISS index (exact `IndexFlatL2` up
 to `index_exact_max` entries, HNSW beyond), and each experience's `loo_k` nearest
-neighbours (the graph the leave-one-out surprisal of SPEC 4 reads). While the index is
-exact the neighbour lists are exact too: an insertion computes its distance to every
-stored vector and updates every list it enters. Beyond `index_exact_max` they are
-maintained from HNSW searches, as approximate as the index itself.
+neighbours (the graph the leave-one-out surprisal of docs/algorithm.md §4 reads). The
+lists are kept lazily: a new row gets its own list the first time a read needs it
+(`_link_pending`), and older rows learn of the newer ones then (`_refresh`). While the
+index is exact the lists are exact too; beyond `index_exact_max` they come from HNSW
+searches, as approximate as the index itself.
 
 Opening reads the ids, vectors and rewards of every Parquet segment (a segment's JSON
 contexts and actions are read the first time one of its rows is asked for); the index and
@@ -104,7 +106,8 @@ def schema(dim: int) -> pa.Schema:
 
 
 def should_store(reward: float, cfg: RewardConfig) -> bool:
-    """Positive-only memory (SPEC 1 step 2); the `store_all` ablation keeps everything."""
+    """Positive-only memory (docs/algorithm.md §1, step 2); the `store_all` ablation keeps
+    everything."""
     return cfg.store_all or reward > cfg.reward_threshold
 
 

@@ -137,7 +137,7 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Any:
 
 def _run(namespace: str | None, all_namespaces: bool, kubeconfig: Path | None,
          context: str | None, data_dir: Path | None) -> None:
-    from sair_ray.live.paths import base_data_dir
+    from sair_ray.files import base_data_dir
     from sair_ray.operator.loop import Operator
 
     if namespace and all_namespaces:

@@ -27,11 +27,13 @@ from typing import Any
 
 import yaml
 
+from serve_apps import config_path
+
 log = logging.getLogger(__name__)
 
 APP = "image_classification"
-SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_apps" / "configs" / f"{APP}.yaml"
-DEMO_CONFIG = {  # rounds fit a 3-minute demo; SPEC defaults are 30 s / 60 s / 120 s
+SERVE_CONFIG = config_path(APP)
+DEMO_CONFIG = {  # rounds fit a 3-minute demo; the defaults are 30 s / 60 s / 120 s
     "loop": {"decision_interval_s": 15, "settle_s": 5},
     "validator": {"cooldown_up_s": 15, "cooldown_down_s": 60, "replicas_max": 4},
     # the app and the embedded model share 2 cores here: replies can take 15-25 s
@@ -180,9 +182,8 @@ def run_demo(opts: DemoOptions, console: Any) -> Path:
     from rich.live import Live
 
     from sair_ray.backends.ray_serve import ServeAdmin, discover_dashboard_url
-    from sair_ray.files import LOG_FILE
+    from sair_ray.files import LOG_FILE, app_data_dir
     from sair_ray.live import attach
-    from sair_ray.live.paths import app_data_dir
     from sair_ray.loadgen import LoadRunner, summarize
     from sair_ray.profiles import load_profile
 

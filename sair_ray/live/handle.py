@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sair_ray.config import SAIRConfig
+from sair_ray.files import DATA_DIR_ENV
 from sair_ray.live.actor import NAMESPACE, ControllerActor, actor_name, actor_options
 from sair_ray.live.loop import LiveOptions
-from sair_ray.live.paths import DATA_DIR_ENV
 from sair_ray.registry import get_live
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,7 @@ from sair_ray import registry
 from sair_ray.config import SAIRConfig
 from sair_ray.controller import Controller
 from sair_ray.decision import Decision
-from sair_ray.files import ControllerFiles
-from sair_ray.live.paths import app_data_dir
+from sair_ray.files import ControllerFiles, app_data_dir
 from sair_ray.metrics_export import make_exporter, safe_record
 from sair_ray.serve import Plan, publish_plan, read_modes
 from sair_ray.session import RoundTimer, Session

@@ -3,7 +3,7 @@
 A log is named by a path (the `decisions.jsonl` file, or a directory holding one, such as
 a live app's data dir or a run's output dir) or by a Serve app name, which resolves to
 `<data dir>/<app>/decisions.jsonl` exactly as the live controller writes it
-(`sair_ray.live.paths.ControllerFiles`). Records are the log's decisions with their reward
+(`sair_ray.files.ControllerFiles`). Records are the log's decisions with their reward
 merged in (`DecisionLog.merged`), plus the other events (external changes, actuation
 errors, failed rounds).
 """
@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sair_ray.files import LOG_FILE
-from sair_ray.live.paths import app_data_dir, base_data_dir
+from sair_ray.files import LOG_FILE, app_data_dir, base_data_dir
 
 
 class LogError(ValueError):

@@ -13,9 +13,8 @@ import pytest
 from sair_ray.backends.ray_serve import ExternalChange, ServeSetupError
 from sair_ray.backends.sim import SimBackend
 from sair_ray.decision_log import DecisionLog
-from sair_ray.files import read_json, write_json_atomic
+from sair_ray.files import app_data_dir, read_json, write_json_atomic
 from sair_ray.live.loop import LiveLoop, LiveOptions
-from sair_ray.live.paths import app_data_dir
 
 CFG = {"loop": {"decision_interval_s": 10, "settle_s": 2},
        "validator": {"cooldown_up_s": 10, "cooldown_down_s": 30}}

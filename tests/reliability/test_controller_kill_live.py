@@ -28,8 +28,7 @@ import pytest
 from sair_ray.config import SAIRConfig
 from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi_dim
-from sair_ray.files import read_json
-from sair_ray.live.paths import app_data_dir
+from sair_ray.files import app_data_dir, read_json
 from sair_ray.memory import ExperienceMemory
 from tests.ray_harness import free_port
 from tests.reliability.live_faults import (

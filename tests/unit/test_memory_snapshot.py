@@ -1,4 +1,4 @@
-"""The memory's index snapshot (issue 13.5): used when valid, extended when stale, rebuilt when
+"""The memory's index snapshot: used when valid, extended when stale, rebuilt when
 damaged or made for other data, never torn by a crash; and decisions from an exact scan of
 the whole memory while a big rebuild runs in the background."""
 

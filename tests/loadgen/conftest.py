@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -71,6 +72,12 @@ def server() -> Iterator[ServerState]:
 
 @pytest.fixture()
 def fresh(server: ServerState) -> ServerState:
+    # A previous test's client may have given up on requests the server is still holding
+    # (timeouts): wait for them, or they count in this test's concurrency.
+    deadline = time.monotonic() + 30
+    while server.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.in_flight == 0, f"{server.in_flight} requests still held by the test server"
     server.max_in_flight = 0
     server.received = 0
     server.bodies.clear()

@@ -213,6 +213,43 @@ class CostConfig(_Validated):
 
 
 @dataclass(frozen=True)
+class PipelineConfig(_Validated):
+    """A live app without a profile: what SAIR cannot read from Serve (docs/own-app.md).
+    Stages, their kinds and their current allocations are read from the app itself."""
+
+    _key = "pipeline"
+
+    sla_ms: float = _opt(0.0, "End-to-end p99 latency target (ms) of a live app; 0 = the "
+                         "profile's. Required for an app without a profile.", 0, 3_600_000)
+    stages: str = _opt("", "Stage order, comma-separated deployment names (e.g. "
+                       "'Ingress,preprocess,infer'); '' = the app's deployment graph "
+                       "(ingress first, then the deployments it calls).")
+    metrics: str = _opt("auto", "Where live metrics come from: 'serve' = Ray Serve's own "
+                        "Prometheus metrics (no code in the app); 'meter' = the app's "
+                        "sair_ray.observe.StageMeter instrumentation; 'auto' = 'meter' if "
+                        "the app runs it, else 'serve'.", choices=("auto", "serve", "meter"))
+    prometheus_url: str = _opt("", "Read Serve's metrics from this Prometheus server "
+                               "(e.g. http://prometheus:9090) instead of each Ray node's "
+                               "metrics agent.")
+
+
+@dataclass(frozen=True)
+class DecisionLogConfig(_Validated):
+    """Size rotation of the decision log (`decisions.jsonl`, sair_ray/decision_log.py)."""
+
+    _key = "decision_log"
+
+    max_mb: float = _opt(50.0, "Rotate decisions.jsonl before it passes this size (MB; "
+                         "0: never rotate).", 0, 1_048_576)
+    max_files: int = _opt(5, "Log files kept, the current one included (decisions.jsonl, "
+                          ".1, .2, ...; the oldest is deleted).", 1, 1000)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class SAIRConfig(_Validated):
     """The whole configuration. `SAIRConfig()` is exactly the defaults of docs/algorithm.md."""
 
@@ -224,6 +261,8 @@ class SAIRConfig(_Validated):
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     seed: int = _opt(0, "Seed of every random choice (probes, sampling, ablation 'random').",
                      0, 2**63 - 1)
 

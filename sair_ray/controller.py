@@ -93,7 +93,8 @@ class Controller:
         self.validator = Validator(self.pipeline, cfg.validator)
         self.epsilon = EpsilonSchedule(cfg.exploration)
         self.retriever = Retriever(memory, cfg.retrieval, self.rng) if memory is not None else None
-        self.log = DecisionLog(log_path)
+        self.log = DecisionLog(log_path, max_bytes=cfg.decision_log.max_bytes,
+                               max_files=cfg.decision_log.max_files)
         self.counters = Counters()
         self.lambda_ref = 1.0
         self.last_action_at: float | None = None

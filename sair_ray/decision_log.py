@@ -4,12 +4,23 @@ Two kinds of line: `{"kind": "decision", ...}` when a round acts, and
 `{"kind": "reward", "round": n, ...}` one round later, when that action's outcome is
 seen. Lines are flushed as they are written, so a crash loses at most the line being
 written; `read` skips a torn final line.
+
+The log rotates by size: before a line would take `decisions.jsonl` past `max_bytes`, the
+file becomes `decisions.jsonl.1` (the previous `.1` becomes `.2`, ...), and at most
+`max_files` files are kept, the current one included (`decision_log.max_mb` and
+`decision_log.max_files` in the config; 50 MB x 5 by default). `log_files(path)` lists a
+log's files oldest first, `read_all` reads them in that order.
+
+A write that fails (a full disk) raises, so the host counts its round as failed; the
+file is closed, and the next write first cuts whatever part of the failed line reached
+the disk, so the log stays one JSON record per line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,29 +56,109 @@ def _drop_torn_tail(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_FILES = 5
+
+
+def rotated(path: str | Path, i: int) -> Path:
+    """The `i`-th rotated file of the log at `path` (1 = the newest): `decisions.jsonl.1`."""
+    p = Path(path)
+    return p.with_name(f"{p.name}.{i}")
+
+
+def log_files(path: str | Path) -> list[Path]:
+    """The files of the log at `path`, oldest first: the rotated ones (`.N` ... `.1`) that
+    exist, then `path` itself (whether it exists or not)."""
+    p = Path(path)
+    older = []
+    i = 1
+    while rotated(p, i).is_file():
+        older.append(rotated(p, i))
+        i += 1
+    return [*reversed(older), p]
+
+
 class DecisionLog:
-    def __init__(self, path: str | Path | None) -> None:
+    """Appends records to `path` (None: writes nothing), rotating by size: see above.
+    `max_bytes` 0 never rotates."""
+
+    def __init__(self, path: str | Path | None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_files: int = DEFAULT_MAX_FILES) -> None:
         self.path = Path(path) if path is not None else None
-        self._f = None
+        self._f: Any = None
+        self._size = 0
+        self.max_bytes, self.max_files = DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES
+        self.set_rotation(max_bytes, max_files)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _drop_torn_tail(self.path)
-            self._f = open(self.path, "a")  # noqa: SIM115 - open for the log's lifetime
+            self._open()
+
+    def set_rotation(self, max_bytes: int, max_files: int) -> None:
+        """Rotate before the file would pass `max_bytes` (0: never), keep `max_files`."""
+        if max_bytes < 0 or max_files < 1:
+            raise ValueError(f"max_bytes must be >= 0 and max_files >= 1, got {max_bytes}, "
+                             f"{max_files}")
+        self.max_bytes, self.max_files = int(max_bytes), int(max_files)
+
+    def _open(self) -> None:
+        assert self.path is not None
+        _drop_torn_tail(self.path)  # also what a failed write left
+        self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - open for its lifetime
+        self._size = os.fstat(self._f.fileno()).st_size
 
     def write(self, kind: str, record: dict[str, Any]) -> None:
-        if self._f is None:
+        if self.path is None:
             return
-        self._f.write(json.dumps(_clean({"kind": kind, **record}), separators=(",", ":")))
-        self._f.write("\n")
-        self._f.flush()
+        data = (json.dumps(_clean({"kind": kind, **record}), separators=(",", ":"))
+                + "\n").encode()
+        try:
+            if self._f is None:
+                self._open()  # after a failed write (or a close)
+            if self.max_bytes and self._size > 0 and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            view = memoryview(data)
+            while view:
+                n = self._f.write(view)
+                self._size += n
+                view = view[n:]
+        except OSError:
+            self._drop_file()
+            raise
+
+    def _rotate(self) -> None:
+        assert self.path is not None
+        self._f.close()
+        self._f = None
+        if self.max_files == 1:
+            self.path.unlink(missing_ok=True)
+        else:
+            rotated(self.path, self.max_files - 1).unlink(missing_ok=True)
+            for i in range(self.max_files - 2, 0, -1):
+                if rotated(self.path, i).exists():
+                    os.replace(rotated(self.path, i), rotated(self.path, i + 1))
+            os.replace(self.path, rotated(self.path, 1))
+        for i in range(self.max_files, 10_000):  # files a larger max_files left behind
+            if not rotated(self.path, i).exists():
+                break
+            rotated(self.path, i).unlink()
+        self._open()
+
+    def _drop_file(self) -> None:
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+            self._f = None
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            f, self._f = self._f, None
+            f.close()
 
     @staticmethod
     def read(path: str | Path) -> Iterator[dict[str, Any]]:
+        """The records of the one file `path` (not its rotated files: `read_all`)."""
         with open(path) as f:
             for line in f:
                 if not line.endswith("\n"):
@@ -75,10 +166,18 @@ class DecisionLog:
                 yield json.loads(line)
 
     @classmethod
+    def read_all(cls, path: str | Path) -> Iterator[dict[str, Any]]:
+        """The records of the log at `path` with its rotated files, oldest first."""
+        for p in log_files(path):
+            if p.is_file():
+                yield from cls.read(p)
+
+    @classmethod
     def merged(cls, path: str | Path) -> list[dict[str, Any]]:
-        """Decisions with their reward attached (None while not yet known)."""
+        """Decisions with their reward attached (None while not yet known), rotated files
+        included."""
         decisions: dict[int, dict[str, Any]] = {}
-        for rec in cls.read(path):
+        for rec in cls.read_all(path):
             if rec["kind"] == "decision":
                 decisions[rec["round"]] = rec
             elif rec["kind"] == "reward" and rec["round"] in decisions:

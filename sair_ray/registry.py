@@ -10,7 +10,8 @@ is imported by neither, so the two packages need no import cycle between them.
 | `sair-retrieval` | yes | anywhere | the LLM replaced by "replay the best retrieved episode" |
 | `static`, `hpa`, `vpa` | no | anywhere | baselines (`sair_ray.baselines`) |
 | `threshold`, `ray_serve` | no | anywhere | baselines (`sair_ray.baselines`) |
-| `oracle` | no | simulator | clairvoyant: plans from the future workload |
+| `oracle`, `model-oracle` | no | simulator | clairvoyant: M/G/c model of the future load |
+| `hindsight-oracle` | no | simulator | clairvoyant: plays candidates on forks of the run |
 
 A policy that learns runs the full SAIR loop (exploration probes, an experience memory);
 the others run through the same controller with both switched off.
@@ -45,6 +46,7 @@ class PolicyInfo:
     learns: bool                  # SAIR methods: explore and remember; baselines do neither
     reads: tuple[str, ...] = ()   # simulator knowledge it takes: "profile", "workload"
     simulator_only: bool = False  # needs what only a simulator knows (the future workload)
+    opt_in: bool = False          # left out of the default bench grid (slow to run)
 
     def check_runs_live(self) -> PolicyInfo:
         """This entry, or PolicyError if it can only run on the simulator."""
@@ -100,6 +102,19 @@ def _oracle(cfg: SAIRConfig, pipeline: PipelineSpec, **params: Any) -> Policy:
     return Oracle(**defaults | params)
 
 
+def _hindsight(cfg: SAIRConfig, pipeline: PipelineSpec, **params: Any) -> Policy:
+    from sair_ray.baselines.hindsight import HindsightOracle  # imports the simulator
+
+    missing = [k for k in ("profile", "workload") if k not in params]
+    if missing:
+        raise PolicyError(f"the hindsight oracle needs {' and '.join(missing)} "
+                          "(it replays the run's simulation)")
+    # the seed is the bench's simulation seed: the shadow run must see the same requests
+    defaults: dict[str, Any] = {"validator": cfg.validator, "prices": cfg.cost,
+                                "seed": cfg.seed, "cost_model": cfg.reward.cost_model}
+    return HindsightOracle(**defaults | params)
+
+
 POLICIES: dict[str, PolicyInfo] = {p.name: p for p in (
     PolicyInfo("sair", _sair, learns=True),
     PolicyInfo("sair-retrieval", _retrieval, learns=True),
@@ -110,12 +125,19 @@ POLICIES: dict[str, PolicyInfo] = {p.name: p for p in (
     PolicyInfo("ray_serve", _bounded(RayServeDefault), learns=False),
     PolicyInfo("oracle", _oracle, learns=False, reads=("profile", "workload"),
                simulator_only=True),
+    # tens of simulated alternatives a round: ~1 s a round, so only when asked for
+    PolicyInfo("hindsight-oracle", _hindsight, learns=False, reads=("profile", "workload"),
+               simulator_only=True, opt_in=True),
 )}
+# `model-oracle` says what `oracle` is (a queueing model); `oracle` stays the name results
+# and saved tables carry.
 ALIASES = {"hpa-cpu": "hpa", "hpa_cpu": "hpa", "ray-serve": "ray_serve",
-           "rayserve": "ray_serve"}
+           "rayserve": "ray_serve", "model-oracle": "oracle", "model_oracle": "oracle",
+           "hindsight_oracle": "hindsight-oracle", "hindsight": "hindsight-oracle"}
 
 SAIR_POLICIES: tuple[str, ...] = tuple(n for n, p in POLICIES.items() if p.learns)
 BASELINES: tuple[str, ...] = tuple(n for n, p in POLICIES.items() if not p.learns)
+DEFAULT_BASELINES: tuple[str, ...] = tuple(n for n in BASELINES if not POLICIES[n].opt_in)
 LIVE_POLICIES: tuple[str, ...] = tuple(n for n, p in POLICIES.items() if not p.simulator_only)
 
 
@@ -151,5 +173,5 @@ def make_policy(name: str, cfg: SAIRConfig, *, pipeline: PipelineSpec,
                                         if known[k] is not None}, **params)
 
 
-__all__ = ["ALIASES", "BASELINES", "LIVE_POLICIES", "POLICIES", "SAIR_POLICIES", "PolicyError",
-           "PolicyInfo", "get", "get_live", "make_policy"]
+__all__ = ["ALIASES", "BASELINES", "DEFAULT_BASELINES", "LIVE_POLICIES", "POLICIES",
+           "SAIR_POLICIES", "PolicyError", "PolicyInfo", "get", "get_live", "make_policy"]

@@ -4,7 +4,7 @@
       - name: myapp
         autoscaling_policy:
           policy_function: sair_ray.serve:SAIRPolicy
-          policy_kwargs: {policy: sair, config: {loop: {decision_interval_s: 15}}}
+          policy_kwargs: {sla_ms: 500, policy: sair, config: {loop: {decision_interval_s: 15}}}
 
 Serve's controller builds `SAIRPolicy(**policy_kwargs)` once and calls it about every
 0.1 s with an `AutoscalingContext` per deployment; it must return a replica target per
@@ -171,8 +171,35 @@ def fetch_plan(app: str) -> Plan | None:
     return Plan.from_json(raw) if raw else None
 
 
+MODES = (SAIR, MISSING, STALE, FAILING, NOT_IN_PLAN)
+_mode_gauge: Any = None
+
+
+def export_modes(app: str, modes: Mapping[str, str]) -> None:
+    """The modes as a Ray metric (`ray_sair_serve_mode{app, deployment, mode}`: 1 for the
+    deployment's mode, 0 for the others), exported by the process that runs the policy
+    (Serve's controller) next to Serve's own metrics."""
+    global _mode_gauge
+    if _mode_gauge is None:
+        from ray.util import metrics
+
+        _mode_gauge = metrics.Gauge(
+            "sair_serve_mode", description="Serve-native mode of each deployment: 1 for "
+            "its mode (sair, or the fallback's reason), 0 for the others.",
+            tag_keys=("app", "deployment", "mode"))
+    for dep, mode in modes.items():
+        for m in MODES:
+            _mode_gauge.set(1.0 if m == mode else 0.0,
+                            tags={"app": app, "deployment": dep, "mode": m})
+
+
 def write_modes(app: str, modes: Mapping[str, str], plan_round: int | None,
                 now: float) -> None:
+    """Report the modes: the KV (`read_modes`, `sair status`) and a Ray metric."""
+    try:
+        export_modes(app, modes)
+    except Exception as e:  # a metric is a nicety: the KV record below is what status reads
+        log.debug("SAIRPolicy(%s): could not export the modes as a metric: %s", app, e)
     kv = _kv()
     if kv is not None:
         kv._internal_kv_put(modes_key(app), json.dumps(
@@ -229,15 +256,33 @@ def _ensure_controller(opts: Mapping[str, Any]) -> Callable[[str], Any]:
     def start(app: str) -> Any:
         from sair_ray.live.handle import ensure_attached
 
-        return ensure_attached(app, policy=opts.get("policy"), config=opts.get("config"),
+        return ensure_attached(app, policy=opts.get("policy"),
+                               config=controller_config(opts.get("config"),
+                                                        opts.get("sla_ms")),
                                profile=opts.get("profile"))
     return start
+
+
+def controller_config(config: Any, sla_ms: float | None) -> Any:
+    """The controller's SAIR config: `config` (a mapping, a YAML path or None) with the
+    `sla_ms` shorthand of policy_kwargs as `pipeline.sla_ms`."""
+    if sla_ms is None:
+        return config
+    from sair_ray.config import SAIRConfig
+
+    if config is None or isinstance(config, Mapping):
+        cfg = SAIRConfig.from_dict(config)
+    else:
+        cfg = SAIRConfig.from_yaml(config)
+    return cfg.replace(**{"pipeline.sla_ms": float(sla_ms)}).to_dict()
 
 
 class SAIRPolicy:
     """Ray Serve application-level autoscaling policy following SAIR's plan.
 
-    policy_kwargs (all optional, JSON): `app` (default: the app Serve calls it for),
+    policy_kwargs (all optional, JSON): `sla_ms` (the app's end-to-end p99 target; needed
+    when the app has no profile: `pipeline.sla_ms`), `app` (default: the app Serve calls
+    it for),
     `stale_rounds` (2: a plan older than this many decision intervals is stale),
     `poll_s` (1.0: how often the plan is re-read), `start_controller` (true: start the
     app's SAIR controller if none is running), and for that controller `policy` (default
@@ -251,6 +296,7 @@ class SAIRPolicy:
     def __init__(self, app: str | None = None, *, stale_rounds: float = 2.0,
                  poll_s: float = 1.0, start_controller: bool = True,
                  policy: str | None = None, config: Any = None, profile: str | None = None,
+                 sla_ms: float | None = None,
                  fetch: Callable[[str], Plan | None] = fetch_plan,
                  report: Callable[[str, Mapping[str, str], int | None, float], None]
                  = write_modes,
@@ -259,7 +305,7 @@ class SAIRPolicy:
         self.stale_rounds = float(stale_rounds)
         self.poll_s = float(poll_s)
         self._start = (_ensure_controller({"policy": policy, "config": config,
-                                           "profile": profile})
+                                           "profile": profile, "sla_ms": sla_ms})
                        if start_controller else None)
         self._fetch, self._report, self._clock = fetch, report, clock
         self._shared = _Shared()

@@ -117,17 +117,32 @@ class Session:
                 self.controller.hold([ch.stage for ch in self.backend.sync(now)], now)
             d = self.controller.tick(now)
         except Exception as e:
-            self.controller.note("round_failed", {"round": attempted, "time": now,
-                                                  "error": f"{type(e).__name__}: {e}"[:1000]})
-            self._drain_events()
+            self._round_failed(attempted, now, e)
             # Whatever part of the round's action reached the pipeline, the next
             # observation adopts it, so the intent is settled.
             if self._journal is not None:
                 self._journal.unlink(missing_ok=True)
             raise
         self._drain_events()
-        self.save(now)
+        try:
+            self.save(now)
+        except Exception as e:   # e.g. a full disk: the round's action stands, unsaved
+            self._round_failed(attempted, now, e)
+            raise
         return d
+
+    def _round_failed(self, attempted: int, now: float, e: Exception) -> None:
+        """Note a failed round (and the backend's events of it) in the decision log; a log
+        that cannot be written either (the same full disk) must not hide the round's error."""
+        try:
+            self.controller.note("round_failed", {"round": attempted, "time": now,
+                                                  "error": f"{type(e).__name__}: {e}"[:1000]})
+        except Exception as note_error:
+            log.error("could not log the failed round %d: %s", attempted, note_error)
+        try:
+            self._drain_events()
+        except Exception as drain_error:
+            log.error("could not log the events of round %d: %s", attempted, drain_error)
 
     def _drain_events(self) -> None:
         b = self.backend

@@ -210,9 +210,13 @@ class Context:
     errors: int = 0
     drops: int = 0
     cost_rate: float = 0.0  # $/h of the allocation in force
+    # what the metrics source could not see this round (e.g. a stage whose replicas have
+    # not reported yet): the context is partial, those figures read as zero/unknown
+    partial: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "partial", tuple(self.partial))
 
     def stage(self, name: str) -> StageObservation:
         for s in self.stages:

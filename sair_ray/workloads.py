@@ -518,3 +518,130 @@ def load_workload(spec: str | Path | Mapping[str, Any]) -> Workload:
         return workload_from_dict(data, "workload", base_dir=p.parent)
     except WorkloadError as e:
         raise WorkloadError(f"{p}: {e}") from None
+
+
+# -- a workload named on the command line (`sair bench --workload`) ----------------------------
+WORKLOAD_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+WORKLOAD_ARG_HELP = ("kind:options (trace:./trace.csv,rate_scale=2.5,loop=true or "
+                     "poisson:rate=50) or a YAML/JSON file of a workload mapping (kind: ...)")
+
+
+@dataclass(frozen=True)
+class NamedWorkload:
+    """A workload given as one string: its name (what tables show), the mapping it was
+    built from (`workload_from_dict` rebuilds it; a trace's path is made absolute) and the
+    workload itself."""
+
+    name: str
+    spec: dict[str, Any]
+    workload: Workload
+
+    @property
+    def credit(self) -> str:
+        """The data credit the workload needs ("" when none): the Azure trace's."""
+        if isinstance(self.workload, TraceReplay) and \
+                Path(self.workload.source).name == AZURE_TRACE_FILE:
+            return AZURE_CREDIT
+        return ""
+
+    @property
+    def ends_at(self) -> float | None:
+        """When a trace that does not loop runs out (seconds); None for a workload that
+        goes on."""
+        w = self.workload
+        return w.duration if isinstance(w, TraceReplay) and not w.loop else None
+
+
+def parse_workload_arg(text: str) -> NamedWorkload:
+    """A workload from one command-line string:
+
+    - `KIND:OPTIONS`, OPTIONS being comma-separated `key=value` of the YAML keys of that
+      kind; a trace also takes its path first: `trace:./t.csv,rate_scale=2.5,loop=true`
+      (`trace:azure` is the Azure LLM trace). Named `trace:<file stem>` for a trace, the
+      string itself otherwise.
+    - a YAML or JSON file holding one workload mapping (`kind: ...`), plus an optional
+      `name:`; named by it, else `<kind>:<file stem>`. A relative trace path in it is
+      relative to the file.
+
+    Errors (`WorkloadError`) name the string, the bad key and what is allowed."""
+    s = text.strip()
+    p = Path(s).expanduser()
+    if p.is_file():
+        return _workload_file(p)
+    kind, sep, rest = s.partition(":")
+    if sep and kind in ("poisson", "ramp", "burst", "trace"):
+        return _workload_inline(s, kind, rest)
+    if s.lower().endswith(WORKLOAD_FILE_SUFFIXES):
+        raise WorkloadError(f"{s!r}: no such workload file ({p.resolve()})")
+    raise WorkloadError(f"{s!r}: not a workload; give {WORKLOAD_ARG_HELP}")
+
+
+def _workload_inline(s: str, kind: str, rest: str) -> NamedWorkload:
+    spec: dict[str, Any] = {"kind": kind}
+    for i, item in enumerate(x.strip() for x in rest.split(",")):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            if kind == "trace" and i == 0:
+                key, value = "path", item
+            else:
+                raise WorkloadError(f"{s!r}: {item!r} is not key=value (e.g. "
+                                    f"{'rate_scale=2.5' if kind == 'trace' else 'rate=50'})")
+        if key in spec:
+            raise WorkloadError(f"{s!r}: {key!r} is given twice")
+        spec[key] = value.strip() if key in ("path", "time_column") else _scalar(value)
+    if kind == "trace" and "path" not in spec:
+        raise WorkloadError(f"{s!r}: which trace? give its CSV path first "
+                            "(trace:./trace.csv) or trace:azure")
+    w = _build_named(spec, f"{s!r}", None, key_path="")
+    name = f"trace:{_trace_stem(spec['path'])}" if kind == "trace" else s
+    return NamedWorkload(name, _absolute(spec, w), w)
+
+
+def _workload_file(p: Path) -> NamedWorkload:
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise WorkloadError(f"cannot read workload file {p}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise WorkloadError(f"{p}: not valid YAML or JSON: {e}") from None
+    if not isinstance(data, Mapping):
+        raise WorkloadError(f"{p}: expected a workload mapping (kind: poisson | ramp | burst "
+                            f"| trace, and its keys), got {type(data).__name__}")
+    spec = dict(data)
+    name = spec.pop("name", None)
+    if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name):
+        raise WorkloadError(f"{p}: name: expected a non-empty string without '/', "
+                            f"got {name!r}")
+    w = _build_named(spec, str(p), p.parent, key_path="workload")
+    return NamedWorkload(name.strip() if name else f"{w.kind}:{p.stem}", _absolute(spec, w), w)
+
+
+def _build_named(spec: dict[str, Any], where: str, base_dir: Path | None, *,
+                 key_path: str) -> Workload:
+    try:
+        return workload_from_dict(spec, key_path, base_dir=base_dir)
+    except WorkloadError as e:
+        raise WorkloadError(f"{where}: {e}") from None
+
+
+def _absolute(spec: dict[str, Any], w: Workload) -> dict[str, Any]:
+    """The spec with a trace's path replaced by the file read, absolute, so the mapping
+    rebuilds the same workload from any directory."""
+    if isinstance(w, TraceReplay):
+        return {**spec, "path": str(Path(w.source).resolve())}
+    return spec
+
+
+def _trace_stem(path: str) -> str:
+    return "azure" if path == "azure" else Path(path).stem
+
+
+def _scalar(value: str) -> Any:
+    try:
+        v = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value.strip()
+    return value.strip() if v is None else v

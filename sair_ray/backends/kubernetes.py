@@ -31,6 +31,12 @@ simulator for dry runs) and reads its windows against the allocation it reads fr
 RayService, which is the allocation in force as far as KubeRay is concerned (the desired
 state, as an HPA reads `spec.replicas`).
 
+Every call to the Kubernetes API has a request timeout (`request_timeout_s`, 10 s by
+default; `sair operator --request-timeout`): an apiserver that does not answer makes the
+round fail with `KubernetesTimeout` naming the object and the call, instead of hanging
+the operator. A backend keeps the last `PATCH_HISTORY` patches it sent (`patches`) and
+counts them all (`patch_count`).
+
 The `kubernetes` package is imported only by the classes that talk to a cluster, so the
 serveConfigV2 logic and dry runs work without it.
 """
@@ -41,6 +47,7 @@ import copy
 import logging
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -55,6 +62,8 @@ log = logging.getLogger(__name__)
 RATE_ENV = "CUDA_TB_RATE"  # the cuda_tb shim's initial rate ratio (docs/shim.md)
 MIB = 1024 * 1024
 RAYSERVICE = ("ray.io", "v1", "rayservices")
+DEFAULT_REQUEST_TIMEOUT_S = 10.0  # every Kubernetes API call's (sair operator --request-timeout)
+PATCH_HISTORY = 100               # patches a backend keeps for status and dry runs
 
 
 class KubernetesBackendError(RuntimeError):
@@ -67,6 +76,14 @@ class ServeConfigError(KubernetesBackendError, ValueError):
 
 class ConflictError(KubernetesBackendError):
     """Every attempt to write lost a race (409 Conflict) with another writer."""
+
+
+class KubernetesUnavailable(KubernetesBackendError):
+    """The Kubernetes API gave no HTTP answer (connection refused or reset)."""
+
+
+class KubernetesTimeout(KubernetesUnavailable):
+    """A Kubernetes API call got no answer within its request timeout."""
 
 
 # -- quantities ---------------------------------------------------------------------------------
@@ -305,13 +322,45 @@ def _api_error(e: Exception, ref: str, verb: str) -> Exception:
         f"{' - ' + hint if hint else ''} {body[:300]}".rstrip())
 
 
+def _timed_out(e: BaseException | None) -> bool:
+    """Whether `e` (or what it wraps: urllib3's MaxRetryError.reason, a cause) is a
+    timeout."""
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout  # the client's transport
+
+    for _ in range(5):
+        if e is None:
+            return False
+        if isinstance(e, TimeoutError | Urllib3Timeout):
+            return True
+        e = getattr(e, "reason", None) if isinstance(getattr(e, "reason", None),
+                                                      BaseException) else e.__cause__
+    return False
+
+
+def transport_error(e: Exception, ref: str, verb: str,
+                    timeout_s: float) -> KubernetesUnavailable | None:
+    """A call that got no HTTP answer (timeout, connection refused) as a readable error;
+    None if `e` is something else."""
+    from urllib3.exceptions import HTTPError as Urllib3Error  # the client's transport
+
+    if not isinstance(e, OSError | Urllib3Error):
+        return None
+    if _timed_out(e):
+        return KubernetesTimeout(f"{ref}: {verb} timed out: the Kubernetes API did not "
+                                 f"answer within {timeout_s:g} s")
+    return KubernetesUnavailable(f"{ref}: {verb} failed: the Kubernetes API is unreachable "
+                                 f"({type(e).__name__}: {e})"[:500])
+
+
 class KubeCustomObject:
-    """A namespaced custom object through `kubernetes.client.CustomObjectsApi`."""
+    """A namespaced custom object through `kubernetes.client.CustomObjectsApi`; every call
+    times out after `request_timeout_s`."""
 
     def __init__(self, api: Any, group: str, version: str, plural: str, namespace: str,
-                 name: str) -> None:
+                 name: str, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         self.api, self.group, self.version, self.plural = api, group, version, plural
         self.namespace, self.name = namespace, name
+        self.request_timeout_s = request_timeout_s
 
     @property
     def ref(self) -> str:
@@ -322,9 +371,12 @@ class KubeCustomObject:
 
         try:
             return self.api.get_namespaced_custom_object(
-                self.group, self.version, self.namespace, self.plural, self.name)
+                self.group, self.version, self.namespace, self.plural, self.name,
+                _request_timeout=self.request_timeout_s)
         except ApiException as e:
             raise _api_error(e, self.ref, "get") from None
+        except Exception as e:
+            raise _no_answer(e, self.ref, "get", self.request_timeout_s) from None
 
     def patch(self, body: dict[str, Any]) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
@@ -332,16 +384,27 @@ class KubeCustomObject:
         try:
             return self.api.patch_namespaced_custom_object(
                 self.group, self.version, self.namespace, self.plural, self.name, body,
-                _content_type="application/merge-patch+json")
+                _content_type="application/merge-patch+json",
+                _request_timeout=self.request_timeout_s)
         except ApiException as e:
             raise _api_error(e, self.ref, "patch") from None
+        except Exception as e:
+            raise _no_answer(e, self.ref, "patch", self.request_timeout_s) from None
+
+
+def _no_answer(e: Exception, ref: str, verb: str, timeout_s: float) -> Exception:
+    """`transport_error(e)`, or `e` itself when it is not a transport failure."""
+    return transport_error(e, ref, verb, timeout_s) or e
 
 
 class KubeDeployment:
-    """An `apps/v1` Deployment through `kubernetes.client.AppsV1Api` (raw dicts)."""
+    """An `apps/v1` Deployment through `kubernetes.client.AppsV1Api` (raw dicts); every
+    call times out after `request_timeout_s`."""
 
-    def __init__(self, api: Any, namespace: str, name: str) -> None:
+    def __init__(self, api: Any, namespace: str, name: str,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         self.api, self.namespace, self.name = api, namespace, name
+        self.request_timeout_s = request_timeout_s
 
     @property
     def ref(self) -> str:
@@ -351,11 +414,14 @@ class KubeDeployment:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            resp = self.api.read_namespaced_deployment(self.name, self.namespace,
-                                                       _preload_content=False)
+            resp = self.api.read_namespaced_deployment(
+                self.name, self.namespace, _preload_content=False,
+                _request_timeout=self.request_timeout_s)
             return _json(resp)
         except ApiException as e:
             raise _api_error(e, self.ref, "get") from None
+        except Exception as e:
+            raise _no_answer(e, self.ref, "get", self.request_timeout_s) from None
 
     def patch(self, body: dict[str, Any]) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
@@ -363,10 +429,13 @@ class KubeDeployment:
         try:
             resp = self.api.patch_namespaced_deployment(
                 self.name, self.namespace, body, _preload_content=False,
-                _content_type="application/strategic-merge-patch+json")
+                _content_type="application/strategic-merge-patch+json",
+                _request_timeout=self.request_timeout_s)
             return _json(resp)
         except ApiException as e:
             raise _api_error(e, self.ref, "patch") from None
+        except Exception as e:
+            raise _no_answer(e, self.ref, "patch", self.request_timeout_s) from None
 
 
 def _json(resp: Any) -> dict[str, Any]:
@@ -527,7 +596,8 @@ class KubeRayBackend:
 
     `serve` maps stage -> ServeTarget for stages that are Serve deployments in
     `rayservice`; `deployments` maps stage -> DeploymentTarget for the others. Every stage
-    of the pipeline must be in exactly one of them.
+    of the pipeline must be in exactly one of them. `patches` holds the last
+    `PATCH_HISTORY` writes, `patch_count` counts every one.
     """
 
     pipeline_spec: PipelineSpec
@@ -536,7 +606,9 @@ class KubeRayBackend:
     serve: Mapping[str, ServeTarget] = field(default_factory=dict)
     deployments: Mapping[str, DeploymentTarget] = field(default_factory=dict)
     max_attempts: int = 5
-    patches: list[PatchRecord] = field(default_factory=list)
+    patches: deque[PatchRecord] = field(
+        default_factory=lambda: deque(maxlen=PATCH_HISTORY))
+    patch_count: int = 0
     _last_alloc: dict[str, StageAllocation] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -616,6 +688,7 @@ class KubeRayBackend:
             log.info("patched %s (attempt %d): %s", rec.object, rec.attempts,
                      "; ".join(str(c) for c in rec.changes))
             self.patches.append(rec)
+            self.patch_count += 1
 
     def free_resources(self) -> ClusterResources:
         """The pipeline's cluster capacity minus what its stages declare (KubeRay schedules

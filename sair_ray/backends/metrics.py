@@ -6,11 +6,16 @@ pipeline's allocation turns that window into the controller's `Context` with
 
 - `sair_ray.observe.MetricsClient`: the Serve app's metrics actor (the Ray Serve backend's
   default; the Kubernetes operator's `RayMetrics` reads it over Ray Client);
+- `sair_ray.backends.serve_metrics.ServeMetrics`: Ray Serve's built-in Prometheus metrics,
+  from every node's metrics agent or from a Prometheus server (no code in the app);
 - `sair_ray.operator.metrics.SimulatedMetrics`: the simulator, for `sair operator
   --dry-run`; it also follows every actuation (`FollowsAllocation`).
 
 `AppWindow` and `StageWindow` are frozen dataclasses (`AppWindow.to_dict()` for JSON);
-sair_ray/observe/__init__.py says where each number of the Serve metrics actor comes from.
+sair_ray/observe/__init__.py says where each number of the Serve metrics actor comes from,
+docs/metrics.md where each comes from with `sair_ray.backends.serve_metrics.ServeMetrics`
+(Ray Serve's own Prometheus metrics: no code in the app). `AppWindow.partial` lists why a
+window is incomplete (a stage not reporting yet, a source's first window); empty when not.
 The simulator backend (`backends/sim.py`) is not a metrics source: it measures more (cost,
 per-stage drops) and builds its own `Context` (`sair_ray.sim.metrics.WindowMetrics`).
 """
@@ -63,6 +68,9 @@ class AppWindow:
     p99_ms: float = NAN
     in_flight: int = 0
     drops: int = 0          # requests refused (full queue); 0 where the source has no count
+    # Why this window is incomplete, one human-readable reason each (e.g. "stage post: no
+    # samples yet"); () when complete. A partial window is still a valid reading.
+    partial: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: NaN becomes None."""
@@ -118,7 +126,8 @@ def context_from_window(w: AppWindow, pipeline: PipelineSpec,
         p50 = p99 = math.nan
     return Context(app=pipeline.name, time=w.end, stages=tuple(stages),
                    arrival_rate=float(w.arrival_rate), p50_ms=p50, p99_ms=p99,
-                   sla_ms=pipeline.sla_ms, errors=int(w.errors), drops=int(w.drops))
+                   sla_ms=pipeline.sla_ms, errors=int(w.errors), drops=int(w.drops),
+                   partial=tuple(w.partial))
 
 
 def _finite(x: float | None, default: float = 0.0) -> float:

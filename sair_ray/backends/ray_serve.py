@@ -2,11 +2,15 @@
 
 Where each part comes from (docs/live.md has the full table):
 
-- **pipeline**: the app's profile (`sair_ray/profiles/<app>.yaml` or a user YAML); stage
-  names are Serve deployment names. The cluster size comes from `ray.cluster_resources()`.
+- **pipeline**: the app's profile (a user YAML, or `sair_ray/profiles/<app>.yaml` for an
+  app named like a shipped one; only its pipeline part is needed), else discovered from
+  Serve (`sair_ray/discovery.py`: stages are the deployments, in the deployment graph's
+  order, with the SLA from `pipeline.sla_ms`). Stage names are Serve deployment names. The
+  cluster size comes from `ray.cluster_resources()`.
 - **observe**: per-stage and end-to-end metrics from a `MetricsSource`
-  (`sair_ray/backends/metrics.py`; by default the app's metrics actor through
-  `sair_ray.observe.MetricsClient`); replica targets and `ray_actor_options` (CPU,
+  (`sair_ray/backends/metrics.py`; `pipeline.metrics` picks it: the app's StageMeter
+  actor through `sair_ray.observe.MetricsClient`, or Serve's own metrics through
+  `sair_ray.backends.serve_metrics.ServeMetrics`); replica targets and `ray_actor_options` (CPU,
   memory, GPUs) from the dashboard's Serve REST API (`GET /api/serve/applications/`),
   read once per round and shared by `sync`, `observe` and `apply`; GPU rate from each GPU
   replica's cuda_tb shim socket.
@@ -22,20 +26,24 @@ be imported (and its pure helpers tested) without a Ray cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sair_ray.backends.metrics import MetricsSource, context_from_window
-from sair_ray.profiles import Profile, ProfileError, load_profile
+from sair_ray.config import PipelineConfig
+from sair_ray.discovery import DiscoveryError, discover_pipeline, ingress_of, parse_stage_list
+from sair_ray.profiles import Profile, ProfileError, list_profiles, load_pipeline
 from sair_ray.types import (
     ClusterResources,
     Context,
@@ -189,6 +197,7 @@ class AppView:
     external_scaler_enabled: bool
     deployments: Mapping[str, DeploymentView]
     deployed_config: Mapping[str, Any] | None   # the declarative config, None if imperative
+    ingress: str | None = None                  # from Serve's deployment graph, if exposed
 
     @property
     def serve_native(self) -> bool:
@@ -213,7 +222,7 @@ class AppView:
             external_scaler_enabled=bool(a.get("external_scaler_enabled")),
             deployments={n: DeploymentView.from_details(d)
                          for n, d in (a.get("deployments") or {}).items()},
-            deployed_config=a.get("deployed_app_config"))
+            deployed_config=a.get("deployed_app_config"), ingress=ingress_of(a))
 
 
 def check_app(view: AppView, pipeline: PipelineSpec) -> None:
@@ -232,7 +241,8 @@ def check_app(view: AppView, pipeline: PipelineSpec) -> None:
             f"Serve application {view.name!r} has no deployment(s) {', '.join(missing)} "
             f"that profile {pipeline.name!r} names as stages; its deployments are "
             f"{', '.join(sorted(view.deployments))}. Stage names must equal deployment names "
-            "(pass a profile whose stages match)")
+            "(pass a profile whose stages match, or none: SAIR then reads the stages from "
+            "Serve)")
 
 
 # -- changes SAIR did not make ------------------------------------------------------------
@@ -300,25 +310,30 @@ def build_config_update(details: Mapping[str, Any], app: str,
 class RayServeBackend:
     """The Backend port on a running Serve application (see the module docstring).
 
-    `profile`: a Profile, a path to a profile YAML, or None for the shipped profile named
-    like the app. `metrics`: a `MetricsSource` (default: the app's
-    `sair_ray.observe.MetricsClient`). `resources`: returns (total, available) Ray
-    resources (default: `ray.cluster_resources()`, `ray.available_resources()`).
+    `profile`: a Profile, a path to a profile YAML, or None: the shipped profile named like
+    the app if there is one, else the pipeline is discovered from Serve. `options`: the
+    `pipeline:` section of the SAIR config (SLA, stage order, metrics source).
+    `metrics`: a `MetricsSource` (default: chosen by `options.metrics`). `resources`:
+    returns (total, available) Ray resources (default: `ray.cluster_resources()`,
+    `ray.available_resources()`).
     """
 
     def __init__(self, app: str, *, profile: Profile | str | Path | None = None,
+                 options: PipelineConfig | None = None,
                  admin: ServeAdmin | None = None, dashboard_url: str | None = None,
                  metrics: MetricsSource | None = None,
                  resources: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]]
                  | None = None,
                  history: int = 200) -> None:
         self.app = app
-        self.profile = _load_profile(app, profile)
+        self.options = options or PipelineConfig()
         self.admin = admin or ServeAdmin(dashboard_url or discover_dashboard_url())
         self._resources = resources or _ray_resources
-        view = AppView.from_details(self.admin.details(), app)
-        check_app(view, self.profile.pipeline)
-        self._pipeline = self._live_pipeline(view)
+        details = self.admin.details()
+        view = AppView.from_details(details, app)
+        base, self.pipeline_source = self._base_pipeline(profile, details)
+        check_app(view, base)
+        self._pipeline = self._live_pipeline(view, base)
         self._metrics = metrics
         self._rates: dict[str, float] = {}
         self._expected: dict[str, StageAllocation] | None = None
@@ -421,10 +436,49 @@ class RayServeBackend:
     @property
     def metrics(self) -> MetricsSource:
         if self._metrics is None:
-            from sair_ray.observe import MetricsClient
-
-            self._metrics = MetricsClient(self.app)
+            self._metrics = self._metrics_source()
         return self._metrics
+
+    def _metrics_source(self) -> MetricsSource:
+        """`pipeline.metrics`: the app's StageMeter actor ('meter'), Serve's own metrics
+        ('serve'), or the first if the app runs it ('auto')."""
+        from sair_ray.observe import MetricsClient, MetricsUnavailable
+
+        kind = self.options.metrics
+        if kind in ("auto", "meter"):
+            try:
+                return MetricsClient(self.app)
+            except MetricsUnavailable:
+                if kind == "meter":
+                    raise
+        from sair_ray.backends.serve_metrics import serve_metrics_source
+
+        return serve_metrics_source(
+            self.app, self._pipeline.stage_names, self.last_view.ingress,
+            prometheus_url=self.options.prometheus_url or None,
+            gpu_stages=tuple(s.name for s in self._pipeline.stages if s.is_gpu))
+
+    def _base_pipeline(self, profile: Profile | str | Path | None,
+                       details: Mapping[str, Any]) -> tuple[PipelineSpec, str]:
+        """The pipeline before it is fitted to the deployment, and where it came from."""
+        sla = self.options.sla_ms
+        if profile is None and self.app in list_profiles():
+            profile = self.app
+        if profile is not None:
+            spec, source = _load_pipeline(profile)
+            if self.options.stages:
+                raise ServeSetupError("pipeline.stages orders an app's deployments when it "
+                                      "has no profile; with a profile, its stages are the "
+                                      "order (remove one of the two)")
+            return (replace(spec, sla_ms=sla) if sla > 0 else spec), source
+        total, _ = self._resources()
+        try:
+            spec = discover_pipeline(details["applications"][self.app], app=self.app,
+                                     sla_ms=sla, cluster=_cluster(total),
+                                     stages=parse_stage_list(self.options.stages))
+        except DiscoveryError as e:
+            raise ServeSetupError(str(e)) from None
+        return spec, "discovered from Serve"
 
     def _view(self, now: float) -> AppView:
         """The app as the dashboard reports it, read once per round: `sync`, `observe` and
@@ -437,11 +491,11 @@ class RayServeBackend:
         self.last_view, self._round_at = view, now
         return view
 
-    def _live_pipeline(self, view: AppView) -> PipelineSpec:
-        """The profile's pipeline adjusted to how the app is really deployed."""
+    def _live_pipeline(self, view: AppView, base: PipelineSpec) -> PipelineSpec:
+        """The pipeline adjusted to how the app is really deployed."""
         total, _ = self._resources()
         stages = []
-        for spec in self.profile.pipeline.stages:
+        for spec in base.stages:
             d = view.deployments[spec.name]
             if spec.is_gpu and d.num_gpus <= 0:
                 # No GPU reserved: the stage runs on CPU here, so it is a CPU stage (CPU and
@@ -464,7 +518,7 @@ class RayServeBackend:
                                mem_mb_min=mem, mem_mb_max=mem,
                                initial=replace(spec.initial, cpu_m=max(1, cpu_m), mem_mb=mem))
             stages.append(spec)
-        return replace(self.profile.pipeline, stages=tuple(stages), cluster=_cluster(total))
+        return replace(base, stages=tuple(stages), cluster=_cluster(total))
 
     def _allocation(self, view: AppView) -> dict[str, StageAllocation]:
         out = {}
@@ -537,16 +591,37 @@ class RayServeBackend:
                              {"num_replicas": target[name].replicas,
                               "ray_actor_options": opts})
         try:
-            self.admin.deploy(build_config_update(self.admin.details(), self.app, changes))
+            with _serve_config_lock(f"sair-controller:{self.app}"):
+                self.admin.deploy(self._config_update(changes))
             log.info("%s: redeployed %s with new CPU/memory (rolling restart)", self.app,
                      ", ".join(changes))
             return True
         except DashboardUnreachable:
             raise
-        except (ServeAdminError, ServeSetupError) as e:
+        except (ServeAdminError, ServeSetupError, TimeoutError) as e:
             for name in changes:
                 self._error(now, name, "resources", e)
             return False
+
+    def _config_update(self, changes: Mapping[str, Mapping[str, Any]],
+                       attempts: int = 3) -> dict[str, Any]:
+        """The whole-cluster config with `changes`, built from a read of the Serve details
+        that a second read right before the write confirms: every app's config and deploy
+        time unchanged. A config PUT replaces every declarative app, so a change someone
+        made in between (a `serve deploy`, another app's controller) would be undone, or an
+        app just deployed removed; if the details keep changing, the write is not made."""
+        details = self.admin.details()
+        for _ in range(attempts):
+            config = build_config_update(details, self.app, changes)
+            latest = self.admin.details()
+            if config_fingerprint(latest) == config_fingerprint(details):
+                return config
+            log.info("%s: the Serve config changed while SAIR prepared a redeploy; "
+                     "rebuilding it from the new one", self.app)
+            details = latest
+        raise ServeAdminError("the Serve config kept changing while SAIR prepared a "
+                              f"CPU/memory redeploy of {self.app!r} ({attempts} reads); "
+                              "not writing it this round")
 
     def _nominal_mem(self, name: str) -> int:
         return self._pipeline.stage(name).initial.mem_mb
@@ -579,18 +654,37 @@ class RayServeBackend:
         self.actuation_errors.append(ActuationError(now, stage, what, str(e)))
 
 
-def _load_profile(app: str, profile: Profile | str | Path | None) -> Profile:
+def config_fingerprint(details: Mapping[str, Any]) -> dict[str, Any]:
+    """What a whole-config write must not overwrite: per app, how it was deployed, when,
+    and with which config; plus the cluster-wide keys the write carries over."""
+    apps = details.get("applications") or {}
+    return {"apps": {n: (a.get("source"), a.get("last_deployed_time_s"),
+                         json.dumps(a.get("deployed_app_config"), sort_keys=True))
+                     for n, a in apps.items()},
+            **{k: json.dumps(details.get(k), sort_keys=True) for k in _DEPLOY_KEYS}}
+
+
+@contextlib.contextmanager
+def _serve_config_lock(owner: str) -> Iterator[None]:
+    """Serialise whole-config writes of every SAIR controller on the cluster
+    (`sair_ray.cluster_lock`); no lock without a Ray connection (nothing else to race)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        yield
+        return
+    from sair_ray.cluster_lock import cluster_lock
+
+    with cluster_lock("serve-config", owner):
+        yield
+
+
+def _load_pipeline(profile: Profile | str | Path) -> tuple[PipelineSpec, str]:
     if isinstance(profile, Profile):
-        return profile
+        return profile.pipeline, f"profile {profile.source or profile.name}"
     try:
-        p = load_profile(profile if profile is not None else app)
+        return load_pipeline(profile), f"profile {profile}"
     except ProfileError as e:
-        if profile is None:
-            raise ServeSetupError(f"no shipped profile for app {app!r}: pass the path of a "
-                                  f"profile YAML whose stages are the app's deployments ({e})"
-                                  ) from None
         raise ServeSetupError(str(e)) from None
-    return p
 
 
 def _cluster(r: Mapping[str, float]) -> ClusterResources:

@@ -14,19 +14,25 @@ from sair_ray.bench.grid import (
     METHODS,
     PATTERNS,
     SAIR_METHODS,
+    BenchApp,
     BenchError,
+    BenchWorkload,
     GridResult,
     Scenario,
     bench_config,
     build_ablation_grid,
     build_grid,
     make_workload,
+    resolve_apps,
+    resolve_workloads,
     run_grid,
     run_one,
+    scenario_workload,
 )
 from sair_ray.bench.report import summarise, to_markdown, write_outputs
 
-__all__ = ["APPS", "DEFAULT_METHODS", "METHODS", "PATTERNS", "SAIR_METHODS", "BenchError",
-           "GridResult", "Scenario", "bench_config", "build_ablation_grid", "build_grid",
-           "make_workload", "run_grid", "run_one", "summarise", "to_markdown",
-           "write_outputs"]
+__all__ = ["APPS", "DEFAULT_METHODS", "METHODS", "PATTERNS", "SAIR_METHODS", "BenchApp",
+           "BenchError", "BenchWorkload", "GridResult", "Scenario", "bench_config",
+           "build_ablation_grid", "build_grid", "make_workload", "resolve_apps",
+           "resolve_workloads", "run_grid", "run_one", "scenario_workload", "summarise",
+           "to_markdown", "write_outputs"]

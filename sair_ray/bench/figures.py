@@ -53,7 +53,11 @@ def write_figures(rows: Sequence[dict[str, Any]], out_dir: str | Path,
                 ax.set_yscale("log")
             if sla_ms and app in sla_ms and column.startswith("p99"):
                 ax.axhline(sla_ms[app], color="black", linestyle="--", linewidth=1)
-            ax.set_xticks(range(len(patterns)), patterns)
+            if max(len(p) for p in patterns) > 10:  # a trace or workload file's name
+                ax.set_xticks(range(len(patterns)), patterns, rotation=20, ha="right",
+                              fontsize=8)
+            else:
+                ax.set_xticks(range(len(patterns)), patterns)
             ax.set_title(app.replace("_", " "))
             ax.set_ylabel(label)
         # one legend under all panels, so it never hides a bar

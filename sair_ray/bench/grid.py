@@ -22,6 +22,14 @@ Workload patterns, relative to the mean rate `r` of the app profile's default wo
 | ramp | linear ramp from 0.3 r to 1.5 r over the whole run (mean 0.9 r) |
 | burst | 0.6 r, with spikes of 2.5 r for the first 2 min of every 10 min (mean 0.98 r) |
 
+Your own pipeline and workload: an app may also be a profile YAML path (`resolve_apps`;
+the app is named by the profile's `name`, `Scenario.profile` keeps the path), and a grid
+may run workloads instead of the patterns (`resolve_workloads`: a pattern name, a
+`kind:options` string such as `trace:./t.csv,rate_scale=2.5` or a YAML/JSON workload file,
+see `sair_ray.workloads.parse_workload_arg`). Such a workload is absolute, not scaled to the
+profile; its name is the `pattern` of the rows and `Scenario.workload` holds its mapping
+(JSON). A profile file gets baseline settings only from a tuned file given explicitly.
+
 Steady state: every run starts at the profile's initial allocation, so whole-run figures
 include the start-up backlog. The `*_steady` columns cover [warmup, end) with warmup =
 min(20 % of the run, 15 min); there, SLA attainment counts drops and errors as misses.
@@ -70,16 +78,25 @@ from sair_ray.controller import run_virtual
 from sair_ray.decision import Decision
 from sair_ray.files import LOG_FILE, MEMORY_DIR, ControllerFiles
 from sair_ray.policy.base import Policy
-from sair_ray.profiles import Profile, list_profiles, load_profile
+from sair_ray.profiles import Profile, ProfileError, list_profiles, load_profile
 from sair_ray.session import Session
-from sair_ray.workloads import Burst, Poisson, Ramp, Workload
+from sair_ray.workloads import (
+    Burst,
+    Poisson,
+    Ramp,
+    Workload,
+    WorkloadError,
+    parse_workload_arg,
+    workload_from_dict,
+)
 
 log = logging.getLogger(__name__)
 
 APPS: tuple[str, ...] = tuple(list_profiles())
 SAIR_METHODS: tuple[str, ...] = registry.SAIR_POLICIES   # the methods that learn
 METHODS: tuple[str, ...] = registry.BASELINES + SAIR_METHODS
-DEFAULT_METHODS: tuple[str, ...] = registry.BASELINES + ("sair-retrieval",)  # all but the LLM
+# all but the LLM and the opt-in methods (hindsight-oracle: ~1 s of search per round)
+DEFAULT_METHODS: tuple[str, ...] = registry.DEFAULT_BASELINES + ("sair-retrieval",)
 ABLATION_APP = "image_classification"           # the paper's ablation table is on it
 PATTERNS: tuple[str, ...] = ("poisson", "ramp", "burst")
 
@@ -112,6 +129,8 @@ class Scenario:
     hours: float = 1.0
     variant: str = ""                              # SAIR ablation name ("" = full SAIR)
     settings: tuple[tuple[str, float], ...] = ()   # baseline constructor overrides
+    profile: str = ""        # profile YAML path ("" = the shipped profile named `app`)
+    workload: str = ""       # workload mapping as JSON ("" = the shipped pattern `pattern`)
 
     @property
     def label(self) -> str:
@@ -138,6 +157,103 @@ class GridResult:
     total: int = 0
 
 
+@dataclass(frozen=True)
+class BenchApp:
+    """An app of the grid: a shipped profile (`profile` "") or a profile file."""
+
+    name: str
+    profile: str = ""          # absolute path of the profile YAML
+    has_workload: bool = True  # the profile has a default workload (the patterns scale it)
+
+
+@dataclass(frozen=True)
+class BenchWorkload:
+    """A workload of the grid: a shipped pattern (`spec` "") or an absolute workload."""
+
+    name: str
+    spec: str = ""             # the mapping for `workload_from_dict`, as JSON
+    credit: str = ""           # data credit to print with the results ("" = none)
+    ends_at: float | None = None   # when a trace that does not loop runs out (s)
+
+
+def _is_path(app: str) -> bool:
+    # load_profile's rule: a path has a "/" or a YAML suffix, else it is a shipped name
+    return "/" in app or app.endswith((".yaml", ".yml"))
+
+
+def resolve_apps(apps: Iterable[str]) -> list[BenchApp]:
+    """Shipped app names and/or profile YAML paths, loaded and checked (the file exists,
+    is a valid profile with the `sim:` blocks the simulator needs; no two different
+    profiles share a name)."""
+    vals = list(apps)
+    allowed = f"{', '.join(APPS)} or a profile YAML path"
+    bad = [v for v in vals if not _is_path(v) and v not in APPS]
+    if bad:
+        raise BenchError(f"unknown app {', '.join(map(repr, bad))}; allowed: {allowed}")
+    if not vals:
+        raise BenchError(f"no app given; allowed: {allowed}")
+    out: list[BenchApp] = []
+    for v in vals:
+        out.append(_profile_app(v) if _is_path(v) else BenchApp(v))
+    first: dict[str, tuple[str, BenchApp]] = {}
+    for v, a in zip(vals, out, strict=True):
+        given, prev = first.setdefault(a.name, (v, a))
+        if prev.profile != a.profile:
+            raise BenchError(f"apps {given!r} and {v!r} are both named {a.name!r}; give each "
+                             "profile its own `name:`")
+    return out
+
+
+def _profile_app(v: str) -> BenchApp:
+    p = Path(v).expanduser()
+    if not p.is_file():
+        raise BenchError(f"app {v!r}: no such profile file ({p.resolve()}); give a shipped "
+                         f"app ({', '.join(APPS)}) or the path of a profile YAML")
+    try:
+        prof = load_profile(p)
+    except ProfileError as e:
+        hint = ""
+        if ".sim" in str(e) and "docs/simulator.md" not in str(e):  # the loader's own hint
+            hint = ("; the simulator needs a `sim:` block in every stage (service time, "
+                    "scaling, cold start: see docs/simulator.md, or copy one from a shipped "
+                    "profile in sair_ray/profiles/)")
+        raise BenchError(f"app {v!r}: {e}{hint}") from None
+    if "/" in prof.name:
+        raise BenchError(f"app {v!r}: its name {prof.name!r} has a '/'; rename it")
+    return BenchApp(prof.name, str(p.resolve()), prof.workload_spec is not None)
+
+
+def resolve_workloads(workloads: Iterable[str | BenchWorkload]) -> list[BenchWorkload]:
+    """Workloads named on the command line (`sair bench --workload`): a shipped pattern
+    name, or what `sair_ray.workloads.parse_workload_arg` takes (built now, so a bad option
+    or trace file fails here); resolved ones pass through. Two different workloads may not
+    share a name."""
+    vals = list(workloads)
+    if not vals:
+        raise BenchError(f"no workload given; allowed: {', '.join(PATTERNS)} or a workload")
+    out: list[BenchWorkload] = []
+    for v in vals:
+        if isinstance(v, BenchWorkload) or v.strip() in PATTERNS:
+            out.append(v if isinstance(v, BenchWorkload) else BenchWorkload(v.strip()))
+            continue
+        try:
+            nw = parse_workload_arg(v)
+        except WorkloadError as e:
+            raise BenchError(f"workload {e}" + (f" (or a pattern: {', '.join(PATTERNS)})"
+                                                if "not a workload" in str(e) else "")
+                             ) from None
+        out.append(BenchWorkload(nw.name, json.dumps(nw.spec, sort_keys=True), nw.credit,
+                                 nw.ends_at))
+    first: dict[str, tuple[str, BenchWorkload]] = {}
+    for v, w in zip(vals, out, strict=True):
+        shown = v if isinstance(v, str) else w.name
+        given, prev = first.setdefault(w.name, (shown, w))
+        if prev.spec != w.spec:
+            raise BenchError(f"workloads {given!r} and {shown!r} are both named {w.name!r}; "
+                             "rename one (a workload file takes a `name:`)")
+    return out
+
+
 def _check(kind: str, values: Iterable[str], allowed: Sequence[str]) -> list[str]:
     vals = list(values)
     bad = [v for v in vals if v not in allowed]
@@ -152,13 +268,17 @@ def _check(kind: str, values: Iterable[str], allowed: Sequence[str]) -> list[str
 def build_grid(apps: Iterable[str] = APPS, patterns: Iterable[str] = PATTERNS,
                methods: Iterable[str] = DEFAULT_METHODS, seeds: int | Iterable[int] = 1,
                hours: float = 1.0, *, variants: Iterable[str] = ("",),
-               tuned: TunedSettings | None = TUNED) -> list[Scenario]:
+               tuned: TunedSettings | None = TUNED,
+               workloads: Iterable[str | BenchWorkload] | None = None) -> list[Scenario]:
     """Every (app, pattern, seed, method, variant); `seeds` is a count (0..n-1) or explicit
     seeds. `variants` are SAIR ablation names ("" = full SAIR) and need SAIR methods.
-    Baselines named in `tuned` (per app) get its settings; `tuned=None` keeps the defaults."""
-    a = _check("app", apps, APPS)
-    p = _check("pattern", patterns, PATTERNS)
-    m = _check("method", methods, METHODS)
+    Apps are shipped names or profile paths (`resolve_apps`); `workloads`, when given,
+    replace the patterns (`resolve_workloads`).
+    Baselines named in `tuned` (per app) get its settings; `tuned=None` keeps the defaults;
+    the committed TUNED is for the shipped profiles, not for profile files."""
+    a = resolve_apps(apps)
+    w = _grid_workloads(patterns, workloads, a)
+    m = _check("method", [registry.ALIASES.get(x, x) for x in methods], METHODS)
     v = list(variants)
     bad = [x for x in v if x and x not in ABLATIONS]
     if bad:
@@ -175,18 +295,40 @@ def build_grid(apps: Iterable[str] = APPS, patterns: Iterable[str] = PATTERNS,
     if not (math.isfinite(hours) and hours > 0):
         raise BenchError(f"hours must be > 0 (got {hours})")
 
-    def settings(app: str, method: str) -> tuple[tuple[str, float], ...]:
-        chosen = (tuned or {}).get(app, {}).get(method, {})
+    def settings(app: BenchApp, method: str) -> tuple[tuple[str, float], ...]:
+        if app.profile and tuned is TUNED:
+            return ()
+        chosen = (tuned or {}).get(app.name, {}).get(method, {})
         return tuple(sorted(chosen.items()))
 
-    return [Scenario(app, pat, seed, meth, hours, var, settings(app, meth))
-            for app in a for pat in p for seed in s for meth in m for var in v]
+    return [Scenario(app.name, wl.name, seed, meth, hours, var, settings(app, meth),
+                     app.profile, wl.spec)
+            for app in a for wl in w for seed in s for meth in m for var in v]
+
+
+def _grid_workloads(patterns: Iterable[str], workloads: Iterable[str | BenchWorkload] | None,
+                    apps: Sequence[BenchApp]) -> list[BenchWorkload]:
+    """The grid's workloads: `workloads` when given, else the patterns; the patterns scale
+    an app's default workload, so every app needs one."""
+    if workloads is None:
+        ws = [BenchWorkload(p) for p in _check("pattern", patterns, PATTERNS)]
+    else:
+        ws = resolve_workloads(workloads)
+    scaled = [x.name for x in ws if not x.spec]
+    for app in apps:
+        if scaled and not app.has_workload:
+            raise BenchError(f"app {app.name!r} ({app.profile}) has no default workload, which "
+                             f"the patterns ({', '.join(scaled)}) scale: add `workload:` to "
+                             "the profile or give a workload (--workload trace:./t.csv)")
+    return ws
 
 
 def build_ablation_grid(ablations: Iterable[str], methods: Iterable[str] = ("sair",),
                         patterns: Iterable[str] = PATTERNS, seeds: int | Iterable[int] = 1,
                         hours: float = 1.0, apps: Iterable[str] = (ABLATION_APP,),
-                        with_full: bool = True) -> list[Scenario]:
+                        with_full: bool = True,
+                        workloads: Iterable[str | BenchWorkload] | None = None
+                        ) -> list[Scenario]:
     """SAIR variants (names of `sair_ray.config.ABLATIONS`) on image classification, plus
     full SAIR as the reference row unless `with_full` is False."""
     names = list(dict.fromkeys(ablations))
@@ -194,7 +336,8 @@ def build_ablation_grid(ablations: Iterable[str], methods: Iterable[str] = ("sai
         raise BenchError(f"no ablation given; allowed: {', '.join(ABLATIONS)}")
     variants = ([""] if with_full and "full" not in names else []) + [
         "" if n == "full" else n for n in names]
-    return build_grid(apps, patterns, methods, seeds, hours, variants=variants)
+    return build_grid(apps, patterns, methods, seeds, hours, variants=variants,
+                      workloads=workloads)
 
 
 def make_workload(profile: Profile, pattern: str, duration_s: float) -> Workload:
@@ -208,6 +351,13 @@ def make_workload(profile: Profile, pattern: str, duration_s: float) -> Workload
         return Burst(base=BURST_BASE * r, spike=BURST_SPIKE * r, period_s=BURST_PERIOD_S,
                      spike_s=BURST_SPIKE_S)
     raise BenchError(f"unknown pattern {pattern!r}; allowed: {', '.join(PATTERNS)}")
+
+
+def scenario_workload(sc: Scenario, profile: Profile) -> Workload:
+    """The scenario's workload: its mapping when it has one, else its pattern."""
+    if sc.workload:
+        return workload_from_dict(json.loads(sc.workload), f"workload {sc.pattern}")
+    return make_workload(profile, sc.pattern, sc.hours * 3600.0)
 
 
 def bench_config(seed: int) -> SAIRConfig:
@@ -244,8 +394,8 @@ def run_one(sc: Scenario, log_dir: str | Path | None = None) -> dict[str, Any]:
     """One run; returns its result row (see `sair_ray.bench.report` for the columns).
     With `log_dir`, the run's decision log goes to `run_log_path(log_dir, sc)`."""
     log_path = run_log_path(log_dir, sc) if log_dir is not None else None
-    profile = load_profile(sc.app)
-    workload = make_workload(profile, sc.pattern, sc.hours * 3600.0)
+    profile = load_profile(sc.profile or sc.app)
+    workload = scenario_workload(sc, profile)
     learns = registry.get(sc.method).learns
     if sc.variant and not learns:
         raise BenchError(f"ablation {sc.variant!r} given for baseline {sc.method!r}")

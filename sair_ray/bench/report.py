@@ -2,7 +2,10 @@
 seeds per app x pattern x method).
 
 Columns: app, pattern, seed, method, hours, variant (SAIR ablation, "" = none), settings
-(JSON: the baseline's tuned constructor settings), label (method as shown: `sair[no_icl]`);
+(JSON: the baseline's tuned constructor settings), profile (the profile YAML of an app given
+as a file, "" for a shipped one), workload (JSON mapping of a workload given with
+`--workload`, whose name is then the pattern; "" for a shipped pattern), label (method as
+shown: `sair[no_icl]`);
 p99_ms and p50_ms (end-to-end over the whole run, failures counted at k x SLA, to 1 %);
 sla_attainment = requests completed within the SLA / requests completed (drops are not in
 it: see the drops column); warmup_s and the steady-state p99_steady_ms, p50_steady_ms,
@@ -110,7 +113,8 @@ def settings_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 SAIR_PREFIX = "sair"
-DEPLOYED_EXCLUDED = ("oracle",)   # clairvoyant: a bound, not something one can deploy
+# clairvoyant: bounds, not something one can deploy
+DEPLOYED_EXCLUDED = ("oracle", "hindsight-oracle")
 ATTAIN = 0.99                     # steady SLA attainment a method must reach to count
 WITHIN = 1.05                     # "within 5 %" of the project's target
 
@@ -181,6 +185,27 @@ def versus_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sources_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The profile files and workloads of rows that were not shipped ones, and the credit
+    of replayed data (the Azure trace); "" when every row is a shipped app and pattern."""
+    from sair_ray.workloads import AZURE_CREDIT, AZURE_TRACE_FILE
+
+    apps: dict[str, str] = {}
+    workloads: dict[str, str] = {}
+    for r in rows:
+        if r.get("profile"):
+            apps.setdefault(r["app"], r["profile"])
+        if r.get("workload"):
+            workloads.setdefault(r["pattern"], r["workload"])
+    lines = [f"- app {a}: profile `{p}`" for a, p in apps.items()]
+    lines += [f"- workload {w}: `{spec}`" for w, spec in workloads.items()]
+    credit = any(Path(str(json.loads(spec).get("path", ""))).name == AZURE_TRACE_FILE
+                 for spec in workloads.values())
+    if credit:
+        lines.append(f"- trace data: {AZURE_CREDIT}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path,
                   command: str = "") -> dict[str, Path]:
     """Write results.parquet and results.md under `out_dir` (created); their paths.
@@ -195,8 +220,12 @@ def write_outputs(rows: Sequence[dict[str, Any]], out_dir: str | Path,
         settings = "Baseline settings (tuned per app by the sweep, see bench/tuned.py):\n\n" \
                    + settings + "\n"
     vs = versus_markdown(rows)
+    sources = sources_markdown(rows)
+    if sources:
+        sources = ("Apps from profile files and workloads given with --workload (not "
+                   "scaled to the app):\n\n" + sources + "\n")
     paths["markdown"].write_text(
-        head + "Means over seeds (escapes: sum over seeds). SLA attainment: completed "
+        head + sources + "Means over seeds (escapes: sum over seeds). SLA attainment: completed "
         "requests within the SLA / completed requests (drops excluded, see the drops "
         "column); steady: after the warm-up, drops and errors counted as misses. $ per "
         "1 000 completed requests. replicas: sum over stages of the mean replicas per "

@@ -25,7 +25,16 @@ from typing import Any
 
 import yaml
 
-from sair_ray.bench.grid import APPS, PATTERNS, BenchError, Scenario, _check
+from sair_ray.bench.grid import (
+    APPS,
+    PATTERNS,
+    BenchError,
+    BenchWorkload,
+    Scenario,
+    _check,
+    _grid_workloads,
+    resolve_apps,
+)
 from sair_ray.bench.report import to_table
 from sair_ray.bench.tuned import TunedSettings
 from sair_ray.profiles import load_profile
@@ -39,9 +48,10 @@ ATTAINMENT_GOAL = 0.99
 SWEPT_METHODS = ("hpa", "threshold")
 
 
-def candidates(app: str) -> dict[str, list[dict[str, float]]]:
-    """Every setting tried for `app`, per method (constructor keyword -> value)."""
-    sla = load_profile(app).pipeline.sla_ms
+def candidates(app: str, profile: str = "") -> dict[str, list[dict[str, float]]]:
+    """Every setting tried for `app` (its profile file, when given), per method
+    (constructor keyword -> value)."""
+    sla = load_profile(profile or app).pipeline.sla_ms
     cpu0, gpu0 = THRESHOLD_BASE_MS
     thresholds = [(cpu0 * s, gpu0 * s) for s in THRESHOLD_SCALES]
     thresholds += [(f * sla, f * sla) for f in THRESHOLD_SLA_FRACTIONS]
@@ -54,19 +64,23 @@ def candidates(app: str) -> dict[str, list[dict[str, float]]]:
 
 def build_sweep(apps: Iterable[str] = APPS, patterns: Iterable[str] = PATTERNS,
                 hours: float = 1.0, seed: int = TUNING_SEED,
-                methods: Iterable[str] = SWEPT_METHODS) -> list[Scenario]:
-    a = _check("app", apps, APPS)
-    p = _check("pattern", patterns, PATTERNS)
+                methods: Iterable[str] = SWEPT_METHODS, *,
+                workloads: Iterable[str | BenchWorkload] | None = None) -> list[Scenario]:
+    """Every candidate x pattern (or workload, when given) per app; apps may be profile
+    files, like the grid's."""
+    a = resolve_apps(apps)
+    p = _grid_workloads(patterns, workloads, a)
     m = _check("swept method", methods, SWEPT_METHODS)
     if not (math.isfinite(hours) and hours > 0):
         raise BenchError(f"hours must be > 0 (got {hours})")
     out = []
     for app in a:
-        cands = candidates(app)
+        cands = candidates(app.name, app.profile)
         for method in m:
             for settings in cands[method]:
-                out += [Scenario(app, pat, seed, method, hours,
-                                 settings=tuple(sorted(settings.items()))) for pat in p]
+                out += [Scenario(app.name, wl.name, seed, method, hours,
+                                 settings=tuple(sorted(settings.items())),
+                                 profile=app.profile, workload=wl.spec) for wl in p]
     return out
 
 

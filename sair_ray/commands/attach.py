@@ -35,9 +35,22 @@ def attach(
     policy: Annotated[str, typer.Option(
         help="sair (LLM), sair-retrieval, or a baseline: static, hpa, vpa, threshold, "
              "ray_serve.")] = "sair",
+    sla_ms: Annotated[float | None, typer.Option(
+        "--sla-ms", help="End-to-end p99 latency target in ms (pipeline.sla_ms); required "
+                         "for an app without a profile.", min=0)] = None,
+    stages: Annotated[str | None, typer.Option(
+        help="Stage order as comma-separated deployment names (pipeline.stages; default: "
+             "Serve's deployment graph, ingress first).")] = None,
+    metrics: Annotated[str | None, typer.Option(
+        help="Metrics source (pipeline.metrics): serve (Ray Serve's own metrics, no code in "
+             "the app), meter (sair_ray.observe.StageMeter in the app), auto.")] = None,
+    prometheus: Annotated[str | None, typer.Option(
+        help="Prometheus server URL to read Serve's metrics from (pipeline.prometheus_url; "
+             "default: each Ray node's metrics agent).")] = None,
     profile: Annotated[str | None, typer.Option(
         help="Pipeline profile YAML whose stages are the app's deployments (default: the "
-             "shipped profile named like the app).")] = None,
+             "shipped profile named like the app, else the stages are read from Serve).")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", help="Where memory, state and decision log live (default: "
                            "$SAIR_DATA_DIR or ~/.local/share/sair-ray).")] = None,
@@ -45,8 +58,11 @@ def attach(
         help="Ray dashboard address (default: the cluster's).")] = None,
     address: AddressOpt = None,
 ) -> None:
-    """Attach SAIR to a running Serve app (deployed with `external_scaler_enabled: true`)."""
+    """Attach SAIR to a running Serve app (deployed with `external_scaler_enabled: true`, or
+    with `autoscaling_policy: sair_ray.serve:SAIRPolicy`). Any Serve app: without a
+    profile its stages are its deployments and `--sla-ms` gives the latency target."""
     from sair_ray.commands.config import load_config
+    from sair_ray.config import ConfigError
     from sair_ray.registry import PolicyError, get_live
 
     try:
@@ -54,6 +70,12 @@ def attach(
     except PolicyError as e:
         fail(str(e))
     cfg = load_config(config)
+    given = {"pipeline.sla_ms": sla_ms, "pipeline.stages": stages,
+             "pipeline.metrics": metrics, "pipeline.prometheus_url": prometheus}
+    try:
+        cfg = cfg.replace(**{k: v for k, v in given.items() if v is not None})
+    except ConfigError as e:
+        fail(str(e))
     _connect(address)
     from sair_ray.backends.ray_serve import ServeAdminError, ServeSetupError
     from sair_ray.live import AttachError, PolicyError

@@ -18,7 +18,7 @@ import typer
 from sair_ray.commands.console import err, error, fail, out
 
 if TYPE_CHECKING:
-    from sair_ray.bench import GridResult, Scenario
+    from sair_ray.bench import BenchWorkload, GridResult, Scenario
 
 
 def register(app: typer.Typer) -> None:
@@ -27,10 +27,21 @@ def register(app: typer.Typer) -> None:
 
 def bench(
     apps: Annotated[list[str] | None, typer.Option(
-        "--apps", help="App profiles, comma-separated or repeated (default: all; "
+        "--apps", help="App profiles: shipped names and/or profile YAML paths (your own "
+                       "pipeline, named by the profile's name; every stage needs its sim: "
+                       "block), comma-separated or repeated (default: all shipped; "
                        "image_classification with --ablation).")] = None,
     patterns: Annotated[list[str] | None, typer.Option(
-        "--patterns", help="poisson, ramp, burst (default: all).")] = None,
+        "--patterns", help="poisson, ramp, burst, scaled to each app's default workload "
+                           "(default: all).")] = None,
+    workload: Annotated[list[str] | None, typer.Option(
+        "--workload", help="A workload instead of --patterns, repeatable: "
+                           "trace:PATH.csv[,rate_scale=2.5,time_scale=0.5,loop=true,...] "
+                           "(a request trace; trace:azure is the Azure LLM inference trace "
+                           "2023, Azure Public Dataset), a pattern name, kind:options "
+                           "(poisson:rate=50) or a YAML/JSON workload file (kind: ...). Not "
+                           "scaled to the app; named in the results' pattern column "
+                           "(trace:<file stem>).")] = None,
     methods: Annotated[list[str] | None, typer.Option(
         "--methods", help="Baselines and/or sair, sair-retrieval (default: every non-LLM "
                           "method: the baselines and sair-retrieval; sair with "
@@ -67,20 +78,42 @@ def bench(
                           "controller) to DIR/<app>/<pattern>/<method>[+<ablation>]/"
                           "seed<N>/decisions.jsonl, for sair decisions, sair report and "
                           "sair top. Not with --sweep or --bottleneck-eval.")] = None,
+    regret: Annotated[bool, typer.Option(
+        "--regret", help="Decompose each round's regret on forks of the simulation "
+                         "(docs/regret.md): the best action a broad search finds, the best "
+                         "candidate offered, the action chosen; writes "
+                         "regret_records.parquet and regret_summary.md to --out.")] = False,
+    horizon: Annotated[float, typer.Option(
+        help="Longer horizon of --regret, seconds.", min=30)] = 300.0,
 ) -> None:
     """Run methods x apps x patterns x seeds on the simulator; write results.parquet,
     results.md (means over seeds) and figures to --out. Ctrl-C stops and keeps finished
     runs. --sweep tunes the baselines, --ablation runs SAIR variants, --bottleneck-eval
-    scores the bottleneck analyser, --log-dir keeps each run's decision log."""
+    scores the bottleneck analyser, --log-dir keeps each run's decision log, --regret
+    splits each round's regret into coverage gap and selection error.
+    Bench your own pipeline on your own trace: sair bench --apps ./my_pipeline.yaml,nlp_analysis
+    --workload trace:./my_trace.csv,rate_scale=2.5,loop=true (same tables and figures;
+    --sweep --apps ./my_pipeline.yaml tunes the baselines for it, --tuned uses the result)."""
     command = _command_line()
     _check_modes(sweep=sweep, ablation=bool(ablation), bottleneck_eval=bottleneck_eval,
                  log_dir=log_dir)
+    if regret and (sweep or bottleneck_eval or log_dir is not None):
+        fail("--regret cannot be combined with --sweep, --bottleneck-eval or --log-dir")
+    if patterns and workload:
+        fail("give --patterns or --workload, not both (--workload also takes a pattern "
+             "name: --workload poisson --workload trace:./t.csv)")
+    if bottleneck_eval and workload:
+        fail("--workload cannot be combined with --bottleneck-eval (it generates its own "
+             "scenarios)")
     if bottleneck_eval:
         _bottleneck_eval(n, eval_seed, workers, out_dir, command)
         return
-    grid = _build_grid(apps=apps, patterns=patterns, methods=methods, ablation=ablation,
-                       sweep=sweep, seeds=seeds, hours=hours, tuning_seed=tuning_seed,
-                       tuned=tuned, untuned=untuned)
+    grid = _build_grid(apps=apps, patterns=patterns, workloads=workload, methods=methods,
+                       ablation=ablation, sweep=sweep, seeds=seeds, hours=hours,
+                       tuning_seed=tuning_seed, tuned=tuned, untuned=untuned)
+    if regret:
+        _regret(grid, horizon, out_dir)
+        return
     res = _run(grid, sweep=sweep, workers=workers, log_dir=log_dir)
     if not res.rows:
         error("no run finished; nothing written")
@@ -123,6 +156,17 @@ def _check_modes(*, sweep: bool, ablation: bool, bottleneck_eval: bool,
         fail(f"--log-dir cannot be combined with {modes[0]}")
 
 
+def _regret(grid: list[Scenario], horizon_s: float, out_dir: Path) -> None:
+    from sair_ray.bench.regret import run_regret
+
+    res = run_regret(grid, horizon_s=horizon_s, on_run=lambda r: out.print(
+        f"{r.app} {r.pattern} {r.method} seed {r.seed}: {len(r.records)} rounds, "
+        f"{r.alternatives} actions played, {r.wall_s:.0f} s"))
+    paths = res.write(out_dir)
+    out.print(res.format(), markup=False, highlight=False, soft_wrap=True)
+    out.print("-> " + ", ".join(map(str, paths)))
+
+
 def _bottleneck_eval(n: int, seed: int, workers: int, out_dir: Path, command: str) -> None:
     from sair_ray.bench import bottleneck_eval as be
 
@@ -134,30 +178,55 @@ def _bottleneck_eval(n: int, seed: int, workers: int, out_dir: Path, command: st
 
 
 def _build_grid(*, apps: list[str] | None, patterns: list[str] | None,
-                methods: list[str] | None, ablation: list[str] | None, sweep: bool,
-                seeds: int, hours: float, tuning_seed: int, tuned: Path | None,
-                untuned: bool) -> list[Scenario]:
+                workloads: list[str] | None, methods: list[str] | None,
+                ablation: list[str] | None, sweep: bool, seeds: int, hours: float,
+                tuning_seed: int, tuned: Path | None, untuned: bool) -> list[Scenario]:
     """The scenarios of the mode chosen (the list options as given: repeated and/or
-    comma-separated); a bad app, pattern, method or ablation exits 2."""
-    from sair_ray.bench import APPS, DEFAULT_METHODS, PATTERNS, BenchError, build_grid
+    comma-separated; --workload only repeated, its commas separate a workload's options);
+    a bad app, pattern, workload, method or ablation exits 2."""
+    from sair_ray.bench import (
+        APPS,
+        DEFAULT_METHODS,
+        PATTERNS,
+        BenchError,
+        build_grid,
+        resolve_workloads,
+    )
     from sair_ray.bench.grid import ABLATION_APP, build_ablation_grid
     from sair_ray.bench.tuned import TUNED, load_tuned
 
     try:
+        wls = resolve_workloads(workloads) if workloads else None
+        if wls:
+            _note_workloads(wls, hours)
         if sweep:
             from sair_ray.bench.sweep import build_sweep
 
             return build_sweep(_names(apps) or APPS, _names(patterns) or PATTERNS, hours,
-                               tuning_seed)
+                               tuning_seed, workloads=wls)
         if ablation:
             return build_ablation_grid(_names(ablation) or [], _names(methods) or ["sair"],
                                        _names(patterns) or PATTERNS, seeds, hours,
-                                       _names(apps) or [ABLATION_APP])
+                                       _names(apps) or [ABLATION_APP], workloads=wls)
         settings = None if untuned else (load_tuned(tuned) if tuned else TUNED)
         return build_grid(_names(apps) or APPS, _names(patterns) or PATTERNS,
-                          _names(methods) or DEFAULT_METHODS, seeds, hours, tuned=settings)
+                          _names(methods) or DEFAULT_METHODS, seeds, hours, tuned=settings,
+                          workloads=wls)
     except (BenchError, ValueError) as e:
         fail(str(e))
+
+
+def _note_workloads(wls: list[BenchWorkload], hours: float) -> None:
+    """Credit the data a workload replays; warn when a trace ends before the runs do."""
+    for credit in dict.fromkeys(w.credit for w in wls if w.credit):
+        err.print(f"trace: {credit}", markup=False, highlight=False)
+    run_s = hours * 3600.0
+    for w in wls:
+        if w.ends_at is not None and w.ends_at < run_s:
+            err.print(f"[yellow]warning:[/yellow] workload {w.name} ends at "
+                      f"{w.ends_at:.0f} s, before the end of each {run_s:.0f} s run "
+                      f"(--hours {hours:g}): no requests after that; add loop=true to "
+                      "repeat it, or shorten --hours", highlight=False)
 
 
 def _run(grid: list[Scenario], *, sweep: bool, workers: int,
@@ -197,7 +266,9 @@ def _write_grid(res: GridResult, out_dir: Path, command: str) -> None:
         return
     from sair_ray.profiles import load_profile
 
-    sla = {a: load_profile(a).pipeline.sla_ms for a in {r["app"] for r in res.rows}}
+    # a profile file's rows carry its path; the shipped profiles are found by name
+    sources = {r["app"]: r.get("profile") or r["app"] for r in res.rows}
+    sla = {a: load_profile(src).pipeline.sla_ms for a, src in sources.items()}
     pngs = figures.write_figures(res.rows, out_dir, sla)
     out.print("figures -> " + ", ".join(str(p) for p in pngs))
 

@@ -40,6 +40,28 @@ def operator(
     data_dir: Annotated[Path | None, typer.Option(
         help="Memory, state and decision log of every autoscaler, under k8s/<namespace>/"
              "<name>/ (default: $SAIR_DATA_DIR or ~/.local/share/sair-ray).")] = None,
+    allow_cross_namespace: Annotated[list[str] | None, typer.Option(
+        "--allow-cross-namespace", metavar="NAMESPACE",
+        help="Let PipelineAutoscalers act on RayServices in NAMESPACE from another "
+             "namespace (repeatable; '*': any). Default: only their own namespace.")] = None,
+    policy_endpoint: Annotated[list[str] | None, typer.Option(
+        "--policy-endpoint", metavar="NAME=URL",
+        help="An LLM endpoint PipelineAutoscalers may use, by NAME or URL in "
+             "spec.policy.url (repeatable). No other URL is accepted.")] = None,
+    policy_api_key_env: Annotated[list[str] | None, typer.Option(
+        "--policy-api-key-env", metavar="NAME=VAR",
+        help="The operator's environment variable holding the API key of endpoint NAME "
+             "(repeatable). Resources cannot name one; an endpoint without it gets no "
+             "key.")] = None,
+    metrics_address: Annotated[list[str] | None, typer.Option(
+        "--metrics-address", metavar="NAME=ADDRESS",
+        help="A Ray address PipelineAutoscalers may name, by NAME or ADDRESS, in "
+             "spec.metrics.address (repeatable). Default: only each RayService's own head.")]
+        = None,
+    request_timeout: Annotated[float, typer.Option(
+        "--request-timeout", min=0.1, max=600,
+        help="Seconds every Kubernetes API call may take; a round whose calls time out "
+             "fails (status.error names the call).")] = 10.0,
     rayservice: Annotated[Path, typer.Option(
         help="--dry-run: the RayService manifest.")] = SAMPLES / "rayservice.yaml",
     autoscaler: Annotated[Path, typer.Option(
@@ -66,7 +88,15 @@ def operator(
     if dry_run:
         _dry_run(rayservice, autoscaler, rounds, policy, profile, as_json)
         return
-    _run(namespace, all_namespaces, kubeconfig, context, data_dir)
+    from sair_ray.operator.spec import OperatorTrust
+
+    try:
+        trust = OperatorTrust.from_flags(
+            cross_namespaces=allow_cross_namespace or (), endpoints=policy_endpoint or (),
+            api_key_envs=policy_api_key_env or (), metrics_addresses=metrics_address or ())
+    except ValueError as e:
+        fail(str(e))
+    _run(namespace, all_namespaces, kubeconfig, context, data_dir, trust, request_timeout)
 
 
 def _dry_run(rayservice: Path, autoscaler: Path, rounds: int, policy: str | None,
@@ -124,19 +154,26 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Any:
         from kubernetes import client, config
     except ImportError:
         fail("operator mode needs the kubernetes client: pip install 'sair-ray[k8s]'")
+    # No transport retries: urllib3 would otherwise retry a GET that timed out 3 times,
+    # so that --request-timeout bounded each attempt but not the call. A call that fails
+    # fails its round (or, for a list or watch, is retried by the loop with backoff).
+    cfg = client.Configuration()
     try:
         if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-            return client.ApiClient()
-        return config.new_client_from_config(
-            config_file=str(kubeconfig) if kubeconfig else None, context=context)
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
+                                    context=context, client_configuration=cfg)
+        cfg.retries = False
+        return client.ApiClient(cfg)
     except (config.ConfigException, OSError) as e:
         where = kubeconfig or "~/.kube/config"
         fail(f"no usable Kubernetes configuration ({where}): {e}")
 
 
 def _run(namespace: str | None, all_namespaces: bool, kubeconfig: Path | None,
-         context: str | None, data_dir: Path | None) -> None:
+         context: str | None, data_dir: Path | None, trust: Any = None,
+         request_timeout_s: float = 10.0) -> None:
     from sair_ray.files import base_data_dir
     from sair_ray.operator.loop import Operator
 
@@ -144,7 +181,8 @@ def _run(namespace: str | None, all_namespaces: bool, kubeconfig: Path | None,
         fail("--namespace and --all-namespaces exclude each other")
     op = Operator(_api_client(kubeconfig, context),
                   namespace=_namespace(namespace, all_namespaces),
-                  data_dir=base_data_dir(data_dir))
+                  data_dir=base_data_dir(data_dir), trust=trust,
+                  request_timeout_s=request_timeout_s)
     stop = threading.Event()
 
     def on_sigterm(signum: int, frame: object) -> None:  # pod shutdown: stop cleanly

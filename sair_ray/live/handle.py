@@ -60,6 +60,11 @@ class AttachHandle:
     def options(self) -> dict[str, Any]:
         return self._get(self.actor.get_options.remote())
 
+    def dead_reason(self) -> str | None:
+        """Why the controller's loop ended without a stop (the actor is up but no longer
+        deciding); None while it runs."""
+        return self._get(self.actor.dead_reason.remote())
+
     def stop(self) -> dict[str, Any]:
         """Stop the loop (after the round in progress), then remove the actor. Memory,
         state and decision log stay in the data dir, for the next attach to resume."""
@@ -124,6 +129,8 @@ def attach(app: str, config: SAIRConfig | Mapping[str, Any] | str | None = None,
     opts = live_options(app, config, policy, profile=profile, data_dir=data_dir,
                         dashboard_url=dashboard_url)
     existing = get_handle(app)
+    if existing is not None and _replace_if_dead(app, existing.actor, timeout_s):
+        existing = None
     if existing is not None:
         have = existing.options()
         if have.get("policy") != policy:
@@ -132,9 +139,9 @@ def attach(app: str, config: SAIRConfig | Mapping[str, Any] | str | None = None,
         log.info("app %r already has a controller; returning it", app)
         return existing
     if check:
-        from sair_ray.backends.ray_serve import RayServeBackend
+        from sair_ray.live.loop import ray_serve_backend
 
-        RayServeBackend(app, profile=opts.profile, dashboard_url=opts.dashboard_url)
+        ray_serve_backend(opts)
     actor = ray.remote(ControllerActor).options(**actor_options(app)).remote(
         opts.__dict__ | {"config": dict(opts.config)})
     handle = AttachHandle(app, actor)
@@ -144,6 +151,34 @@ def attach(app: str, config: SAIRConfig | Mapping[str, Any] | str | None = None,
     except Exception as e:
         raise AttachError(f"the SAIR controller actor for {app!r} did not start: {e}") from e
     return handle
+
+
+def _replace_if_dead(app: str, actor: Any, timeout_s: float = 30.0) -> bool:
+    """If `actor`'s loop is dead (`ControllerActor.dead_reason`), kill it and wait until
+    its name is free, so that the caller starts a fresh one; True if it did. An actor that
+    does not answer in `timeout_s` is left alone (it may still be starting)."""
+    import time
+
+    import ray
+
+    try:
+        why = ray.get(actor.dead_reason.remote(), timeout=timeout_s)
+    except Exception as e:  # starting, unreachable, or an older actor without the method
+        log.debug("could not ask %s whether its loop is alive: %s", actor_name(app), e)
+        return False
+    if why is None:
+        return False
+    log.warning("the SAIR controller of %r is dead (%s); replacing it", app, why)
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(actor_name(app), namespace=NAMESPACE)
+        except ValueError:
+            return True
+        time.sleep(0.2)
+    raise AttachError(f"the dead SAIR controller of {app!r} was killed but its name is still "
+                      f"taken after {timeout_s:.0f} s")
 
 
 def get_handle(app: str) -> AttachHandle | None:
@@ -181,8 +216,12 @@ def ensure_attached(app: str, *, policy: str | None = None, config: Any = None,
         opts = live_options(app, config if config is not None
                             else os.environ.get("SAIR_CONFIG") or None,
                             policy or os.environ.get("SAIR_POLICY", "sair"), profile=profile)
-        return ray.remote(ControllerActor).options(**actor_options(app)).remote(
+        actor = ray.remote(ControllerActor).options(**actor_options(app)).remote(
             opts.__dict__ | {"config": dict(opts.config)})
+        if _replace_if_dead(app, actor, timeout_s=2.0):  # an earlier one whose loop died
+            actor = ray.remote(ControllerActor).options(**actor_options(app)).remote(
+                opts.__dict__ | {"config": dict(opts.config)})
+        return actor
     except Exception as e:
         log.error("SAIR could not attach to %r: %s", app, e)
         return None

@@ -9,8 +9,12 @@ it is the one place in `sair_ray` (with the actor that hosts it and the operator
 waits on real time.
 
 A round that fails (metrics actor not up yet, dashboard unreachable, app redeployed without
-a stage) is logged and counted, never fatal: the next round tries again. The same holds
-for setting up: an app that is still deploying is retried every round.
+a stage, a full disk under the data dir, any other exception) is logged with its cause and
+counted in `rounds_failed`, never fatal: the next round tries again. The same holds for
+setting up: an app that is still deploying is retried. After `BACKOFF_AFTER` failed
+rounds in a row the retries back off (2, 4, 8... intervals, at most
+`max(interval, MAX_BACKOFF_S)`), so a lasting fault is not retried and logged every few
+seconds; the first round that succeeds ends the backoff.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from sair_ray.session import RoundTimer, Session
 
 log = logging.getLogger(__name__)
 
+BACKOFF_AFTER = 3       # failed rounds in a row retried at the normal interval
+MAX_BACKOFF_S = 300.0   # the longest wait between retries (unless the interval is longer)
+
 
 @dataclass(frozen=True)
 class LiveOptions:
@@ -44,7 +51,7 @@ class LiveOptions:
     app: str
     config: Mapping[str, Any] = field(default_factory=dict)   # SAIRConfig.to_dict() or part
     policy: str = "sair"
-    profile: str | None = None          # profile YAML path; None: the shipped profile = app
+    profile: str | None = None          # profile YAML path; None: shipped = app, else discovered
     data_dir: str | None = None         # base dir; None: $SAIR_DATA_DIR or ~/.local/share
     dashboard_url: str | None = None    # None: discovered from the Ray cluster
 
@@ -86,7 +93,7 @@ class LiveLoop:
         self.dir = app_data_dir(opts.app, opts.data_dir)
         self.files = ControllerFiles.in_dir(self.dir)
         self.clock = clock
-        self._backend_factory = backend_factory or _ray_serve_backend
+        self._backend_factory = backend_factory or ray_serve_backend
         self.session: Session | None = None
         self.policy_name = opts.policy
         self.recent: deque[dict[str, Any]] = deque(maxlen=history)
@@ -94,6 +101,7 @@ class LiveLoop:
         self.actuation_errors: deque[dict[str, Any]] = deque(maxlen=history)
         self.rounds_ok = 0
         self.rounds_failed = 0
+        self.failed_streak = 0    # failed rounds since the last one that succeeded
         self.last_error = ""
         self.started_at = clock()
         self.cpu_s = 0.0          # thread CPU time spent in rounds (policy included)
@@ -146,6 +154,8 @@ class LiveLoop:
                                files=self.files, journal=True,
                                meta={"app": self.opts.app, "policy": self.policy_name},
                                on_event=self._on_event)
+        dl = self.cfg.decision_log
+        self.session.controller.log.set_rotation(dl.max_bytes, dl.max_files)
         self.last_error = ""
         mem = self.session.memory
         log.info("%s: attached (policy %s, memory %s, data %s)", self.opts.app,
@@ -157,23 +167,27 @@ class LiveLoop:
 
     # -- rounds ---------------------------------------------------------------------------
     def round(self, now: float) -> Decision | None:
-        """One decision round at wall-clock `now`; None if it could not run."""
+        """One decision round at wall-clock `now`; None if it could not run. Never raises
+        (an Exception): whatever goes wrong is a counted failed round."""
         cpu0 = time.thread_time()
         try:
-            if not self.setup():
-                self.rounds_failed += 1
-                self._publish_failing(now)
-                return None
-            assert self.session is not None
-            d = self.session.tick(now)
+            d = self._round(now)
         except Exception as e:  # logged (and in the decision log): the next round retries
-            self.rounds_failed += 1
-            self.last_error = f"round at {now:.0f}: {e!r}"
-            log.exception("%s: round failed", self.opts.app)
-            self._publish_failing(now)
+            self._failed(now, f"round at {now:.0f}: {e!r}", exc=True)
             return None
         finally:
             self.cpu_s += time.thread_time() - cpu0
+        if d is None:
+            self._failed(now, self.last_error or "setup failed")
+        else:
+            self.failed_streak = 0
+        return d
+
+    def _round(self, now: float) -> Decision | None:
+        if not self.setup():
+            return None
+        assert self.session is not None
+        d = self.session.tick(now)
         safe_record(self.metrics, d, self.session.controller)
         with self._lock:
             self.rounds_ok += 1
@@ -182,8 +196,25 @@ class LiveLoop:
         self.last_error = d.error
         self.plan = Plan(self.opts.app, d.round, now, self.cfg.loop.decision_interval_s,
                          {name: t.replicas for name, t in d.targets.items()})
-        self.publish(self.plan)
+        self._publish(self.plan)
         return d
+
+    def _failed(self, now: float, why: str, *, exc: bool = False) -> None:
+        self.rounds_failed += 1
+        self.failed_streak += 1
+        self.last_error = why
+        if exc:
+            log.exception("%s: round failed (%d in a row)", self.opts.app, self.failed_streak)
+        try:
+            self._publish_failing(now)
+        except Exception:  # the plan is advisory; a failing round must not fail again
+            log.exception("%s: could not publish the failing plan", self.opts.app)
+
+    def _publish(self, plan: Plan) -> None:
+        try:
+            self.publish(plan)
+        except Exception:  # publish_plan itself never raises; a replaced one might
+            log.exception("%s: could not publish the plan", self.opts.app)
 
     def _publish_failing(self, now: float) -> None:
         # A failing controller sends Serve-native deployments to Serve's fallback at once
@@ -195,12 +226,32 @@ class LiveLoop:
                          failing=self.last_error or "round failed")
         self.publish(self.plan)
 
+    def retry_delay(self) -> float:
+        """Seconds until the next round: the interval, or after `BACKOFF_AFTER` failed
+        rounds in a row, a doubling multiple of it (at most `max(interval,
+        MAX_BACKOFF_S)`)."""
+        interval = self.cfg.loop.decision_interval_s
+        extra = self.failed_streak - BACKOFF_AFTER
+        if extra <= 0:
+            return interval
+        return min(interval * 2.0 ** min(extra, 30), max(interval, MAX_BACKOFF_S))
+
     def run(self, stop: threading.Event) -> None:
-        """Round every `decision_interval_s` until `stop` is set (real time)."""
+        """Round every `decision_interval_s` until `stop` is set (real time), backing off
+        while rounds keep failing. Returns only when `stop` is set."""
         timer = RoundTimer.starting(self.clock(), self.cfg.loop.decision_interval_s)
         while not stop.wait(max(0.0, timer.next_at - self.clock())):
-            self.round(self.clock())
-            timer.advance(self.clock())
+            try:
+                self.round(self.clock())
+            except Exception as e:  # round() does not raise; if it ever does, go on
+                self._failed(self.clock(), f"round: {e!r}", exc=True)
+            now = self.clock()
+            timer.advance(now)
+            if self.failed_streak > BACKOFF_AFTER:
+                timer.next_at = max(timer.next_at, now + self.retry_delay())
+                log.warning("%s: %d failed rounds in a row (last: %s); next try in %.0f s",
+                            self.opts.app, self.failed_streak, self.last_error,
+                            timer.next_at - now)
 
     # -- reporting ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -214,6 +265,7 @@ class LiveLoop:
             "app": self.opts.app, "policy": self.policy_name, "attached": c is not None,
             "data_dir": str(self.dir), "rounds": c.rounds if c else 0,
             "rounds_ok": self.rounds_ok, "rounds_failed": self.rounds_failed,
+            "failed_streak": self.failed_streak,
             "restored_round": self.restored_round,
             # rounds a crash cut off between applying and saving, treated as applied
             "interrupted_rounds": (self.session.interrupted_rounds
@@ -257,7 +309,9 @@ def _serve_modes(app: str) -> dict[str, Any] | None:
         return {"error": repr(e)}
 
 
-def _ray_serve_backend(opts: LiveOptions) -> Any:
+def ray_serve_backend(opts: LiveOptions) -> Any:
     from sair_ray.backends.ray_serve import RayServeBackend
 
-    return RayServeBackend(opts.app, profile=opts.profile, dashboard_url=opts.dashboard_url)
+    return RayServeBackend(opts.app, profile=opts.profile,
+                           options=opts.sair_config().pipeline,
+                           dashboard_url=opts.dashboard_url)

@@ -6,6 +6,8 @@ without Ray; `sair_ray.observe.client` hosts one instance in a named Ray actor p
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -66,6 +68,10 @@ class MetricsStore:
     Memory is bounded two ways: data older than `retention_s` (relative to the newest
     report) is dropped, and each stage keeps at most `max_records` request records and
     `max_samples` samples per replica, oldest dropped first.
+
+    A push costs O(log replicas), not O(replicas): expiry pops a heap holding each
+    replica's oldest sample time (one entry per replica) instead of scanning every
+    replica, and touches only the replicas that have something to drop.
     """
 
     def __init__(self, app: str, *, retention_s: float = 900.0, max_records: int = 200_000,
@@ -80,6 +86,10 @@ class MetricsStore:
         self._stages: dict[str, _StageData] = {}
         self._newest = -math.inf
         self.reports = 0
+        # (a replica's oldest sample time, entry number, stage, replica, its samples): one
+        # entry per replica, so the next one to expire is on top
+        self._expiry: list[tuple[float, int, str, str, deque[_Sample]]] = []
+        self._seq = itertools.count()
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -96,22 +106,32 @@ class MetricsStore:
             data.rows += len(arr)
             while data.rows > self.max_records and len(data.chunks) > 1:
                 data.rows -= len(data.chunks.popleft()[1])
-        samples = data.samples.setdefault(rep.replica, deque(maxlen=self.max_samples))
+        samples = data.samples.get(rep.replica)
+        if samples is None:
+            samples = data.samples[rep.replica] = deque(maxlen=self.max_samples)
+            heapq.heappush(self._expiry, (rep.time, next(self._seq), rep.stage, rep.replica,
+                                          samples))
         samples.append(_Sample(rep.time, rep.interval_s, rep.cpu_s, rep.cores, rep.waiting,
                                rep.ongoing, rep.arrivals_total, rep.gpu_active_s))
         self._newest = max(self._newest, rep.time)
         self.reports += 1
 
     def _expire(self) -> None:
+        """Drop what is older than `retention_s` before the newest report: record chunks,
+        samples, and replicas with no sample left (their latest is too old)."""
         horizon = self._newest - self.retention_s
-        for data in self._stages.values():
+        for data in self._stages.values():  # per stage, not per replica
             while data.chunks and data.chunks[0][0] < horizon:
                 data.rows -= len(data.chunks.popleft()[1])
-            for rid in [r for r, s in data.samples.items() if s[-1].time < horizon]:
-                del data.samples[rid]
-            for s in data.samples.values():
-                while len(s) > 1 and s[0].time < horizon:
-                    s.popleft()
+        heap = self._expiry
+        while heap and heap[0][0] < horizon:
+            _, _, stage, rid, samples = heapq.heappop(heap)
+            while samples and samples[0].time < horizon:
+                samples.popleft()
+            if samples:  # its new oldest sample (later than the entry's: maxlen dropped it)
+                heapq.heappush(heap, (samples[0].time, next(self._seq), stage, rid, samples))
+            else:
+                del self._stages[stage].samples[rid]
 
     @property
     def stage_names(self) -> list[str]:

@@ -9,6 +9,13 @@ Gone (the watch fell too far behind) relists; API errors back off and retry.
 
 Status writes go to the status subresource and do not change the generation, so the
 MODIFIED events they cause are recognised and ignored.
+
+Every resource is read against the operator's allow-lists (`OperatorTrust`,
+sair_ray/operator/spec.py): a RayService in another namespace, a policy endpoint, API-key
+variable or metrics address the operator did not allow is refused with the field named in
+`.status.error`. Every Kubernetes call has a request timeout (`request_timeout_s`); a
+round whose calls time out is a failed round (`.status.roundsFailed`, `.status.error`
+naming the call), a list or status write that times out is retried like any API error.
 """
 
 from __future__ import annotations
@@ -22,9 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sair_ray.backends.kubernetes import RAYSERVICE, KubeCustomObject, KubeDeployment
+from sair_ray.backends.kubernetes import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    RAYSERVICE,
+    KubeCustomObject,
+    KubeDeployment,
+    transport_error,
+)
 from sair_ray.operator.runner import ResourceRunner, build_runner
-from sair_ray.operator.spec import GROUP, PLURAL, VERSION, AutoscalerSpec
+from sair_ray.operator.spec import GROUP, PLURAL, VERSION, AutoscalerSpec, OperatorTrust
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +52,14 @@ class Operator:
     def __init__(self, api_client: Any, *, namespace: str | None = None,
                  data_dir: Path | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
-                 watch_timeout_s: float = 60.0) -> None:
+                 watch_timeout_s: float = 60.0, trust: OperatorTrust | None = None,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         """`api_client`: a `kubernetes.client.ApiClient`. `namespace` None watches every
-        namespace (needs the ClusterRole variant of the RBAC)."""
+        namespace (needs the ClusterRole variant of the RBAC). `trust`: what resources may
+        name beyond their namespace (default: nothing). `request_timeout_s`: the limit of
+        every Kubernetes call but the watch (whose limit is its own timeout + 10 s)."""
+        if not request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
         from kubernetes import client
 
         self.custom = client.CustomObjectsApi(api_client)
@@ -50,6 +68,8 @@ class Operator:
         self.data_dir = data_dir
         self.clock, self.sleep = clock, sleep
         self.watch_timeout_s = watch_timeout_s
+        self.trust = trust if trust is not None else OperatorTrust()
+        self.request_timeout_s = request_timeout_s
         self.runners: dict[Key, ResourceRunner] = {}
         self.failed: dict[Key, tuple[int, str]] = {}  # generation and why it did not start
         self.resource_version: str | None = None
@@ -73,12 +93,15 @@ class Operator:
         self._drop(key)
         self.failed.pop(key, None)
         try:
-            spec = AutoscalerSpec.from_object(obj)
+            spec = AutoscalerSpec.from_object(obj, self.trust)
+            t = self.request_timeout_s
             runner = build_runner(
                 spec, now=self.clock(),
                 rayservice=KubeCustomObject(self.custom, *RAYSERVICE,
-                                            spec.rayservice_namespace, spec.rayservice_name),
-                deployment_store=lambda ns, name: KubeDeployment(self.apps, ns, name),
+                                            spec.rayservice_namespace, spec.rayservice_name,
+                                            request_timeout_s=t),
+                deployment_store=lambda ns, name: KubeDeployment(self.apps, ns, name,
+                                                                 request_timeout_s=t),
                 data_dir=self.data_dir)
         except Exception as e:  # a bad resource is reported on it, never fatal
             msg = f"{type(e).__name__}: {e}"
@@ -102,12 +125,13 @@ class Operator:
         # The custom-objects API returns the decoded JSON (a dict); the client annotates
         # it as object.
         lst: dict[str, Any]
+        t = self.request_timeout_s
         if self.namespace:
             lst = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL))
+                GROUP, VERSION, self.namespace, PLURAL, _request_timeout=t))
         else:
-            lst = cast(dict[str, Any],
-                       self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+            lst = cast(dict[str, Any], self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _request_timeout=t))
         seen = set()
         for obj in lst.get("items", []):
             meta = obj.get("metadata") or {}
@@ -133,9 +157,16 @@ class Operator:
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, key[0], PLURAL, key[1], {"status": status},
-                _content_type="application/merge-patch+json")
+                _content_type="application/merge-patch+json",
+                _request_timeout=self.request_timeout_s)
         except ApiException as e:
             log.warning("%s/%s: status not written (HTTP %s %s)", *key, e.status, e.reason)
+        except Exception as e:
+            err = transport_error(e, f"{PLURAL}.{GROUP}/{key[0]}/{key[1]}/status", "patch",
+                                  self.request_timeout_s)
+            if err is None:
+                raise
+            log.warning("%s/%s: status not written (%s)", *key, err)
 
     def _seconds_to_next_round(self) -> float:
         now = self.clock()

@@ -19,6 +19,7 @@ from sair_ray import registry
 from sair_ray.backends.kubernetes import (
     DeploymentTarget,
     KubeRayBackend,
+    KubernetesUnavailable,
     ObjectStore,
     PatchRecord,
     ServeTarget,
@@ -81,6 +82,7 @@ class ResourceRunner:
     timer: RoundTimer
     last: Decision | None = None
     last_error: str = ""
+    rounds_failed: int = 0
     patches_seen: int = 0
     new_patches: list[PatchRecord] = field(default_factory=list)
 
@@ -108,18 +110,24 @@ class ResourceRunner:
             d = self.session.tick(now)  # saved: a restarted operator resumes from here
             self.last, self.last_error = d, ""
         except Exception as e:  # one bad round must not stop the operator
-            log.exception("%s/%s: round failed", *self.spec.key)
+            self.rounds_failed += 1
             self.last_error = f"{type(e).__name__}: {e}"
-        self.new_patches = self.backend.patches[self.patches_seen:]  # any that landed
-        self.patches_seen = len(self.backend.patches)
+            if isinstance(e, KubernetesUnavailable):  # a timeout: the message says it all
+                log.warning("%s/%s: round failed: %s", *self.spec.key, self.last_error)
+            else:
+                log.exception("%s/%s: round failed", *self.spec.key)
+        # the patches that landed in this round (even a failed one), of those still kept
+        fresh = min(self.backend.patch_count - self.patches_seen, len(self.backend.patches))
+        self.new_patches = list(self.backend.patches)[-fresh:] if fresh > 0 else []
+        self.patches_seen = self.backend.patch_count
         return d
 
     def status(self, now_iso: str) -> dict[str, Any]:
         """The `.status` the operator writes back to the PipelineAutoscaler."""
         c = self.controller.counters
         st: dict[str, Any] = {"observedGeneration": self.spec.generation,
-                              "rounds": c.rounds, "lastRoundTime": now_iso,
-                              "error": self.last_error}
+                              "rounds": c.rounds, "roundsFailed": self.rounds_failed,
+                              "lastRoundTime": now_iso, "error": self.last_error}
         if self.last is not None:
             st["lastSource"] = self.last.source
             st["lastAction"] = self.last.action.to_dict()
@@ -155,6 +163,8 @@ def build_runner(spec: AutoscalerSpec, *, now: float, rayservice: ObjectStore | 
     session = Session(backend, policy, spec.config, learns=info.learns,
                       files=files,
                       meta={"resource": "/".join(spec.key), "policy": info.name})
+    dl = spec.config.decision_log
+    session.controller.log.set_rotation(dl.max_bytes, dl.max_files)
     return ResourceRunner(spec, backend, session,
                           RoundTimer.starting(now, spec.config.loop.decision_interval_s))
 

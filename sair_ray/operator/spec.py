@@ -20,12 +20,37 @@ limits, the SAIRConfig overrides), with errors that name the offending field, e.
       metrics: {source: ray, profile: image_classification, timeoutSeconds: 10}
       config: {loop: {decision_interval_s: 30}, validator: {replicas_max: 8}}
       suspend: false
+
+A PipelineAutoscaler is written by a tenant, and the operator acts with its own service
+account and environment, so what reaches outside the resource's namespace is taken from
+the operator's allow-list (`OperatorTrust`, from `sair operator`'s flags), never from the
+resource:
+
+- `spec.rayService.namespace` other than the autoscaler's own is refused unless the
+  operator allows that namespace (`--allow-cross-namespace NS`, or `*`);
+- `spec.policy.url` (and `spec.config.policy.url`) must name one of the operator's
+  policy endpoints (`--policy-endpoint NAME=URL`), by its name or its URL; the API key
+  sent there is read from the environment variable the operator pairs with that endpoint
+  (`--policy-api-key-env NAME=VAR`), never from one the resource names
+  (`spec.config.policy.api_key_env` is refused unless it is that same variable), and no
+  key at all without an endpoint; without an endpoint `policy.model` (a model file on the
+  operator's disk for the embedded llama.cpp) is refused too;
+- `spec.metrics.address` must name one of the operator's metrics addresses
+  (`--metrics-address NAME=ADDRESS`), by name or value; left out, the metrics come from
+  the RayService's own head service;
+- `spec.rayService.name` and `.namespace` must be DNS-1123 labels (they make up the
+  default metrics address).
+
+The refusal is an `AutoscalerSpecError` naming the field, which the operator writes into
+the resource's `.status.error`. `from_object(obj)` without a trust checks none of this:
+for `sair operator --dry-run`, which reaches no cluster, endpoint or metrics address.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from sair_ray.config import ConfigError, SAIRConfig
@@ -47,6 +72,96 @@ METRICS_SOURCES = ("ray", "simulator")
 
 class AutoscalerSpecError(ValueError):
     """A PipelineAutoscaler object is invalid; the message names the object and field."""
+
+
+ANY_NAMESPACE = "*"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")   # an allow-list entry's name
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _endpoint_url(url: str) -> str:
+    """A policy URL as `sair_ray.policy.lm.resolve` will use it (so that two spellings of
+    one endpoint compare equal)."""
+    u = url.strip().rstrip("/")
+    return u if u.endswith("/v1") else u + "/v1"
+
+
+@dataclass(frozen=True)
+class PolicyEndpoint:
+    """An LLM endpoint the operator lets PipelineAutoscalers use, with the environment
+    variable (of the operator) holding its API key ("" = none is sent)."""
+
+    name: str
+    url: str
+    api_key_env: str = ""
+
+
+@dataclass(frozen=True)
+class OperatorTrust:
+    """What a PipelineAutoscaler may name beyond its own namespace: the operator's
+    allow-lists. The default allows nothing (same-namespace RayService, no LLM endpoint
+    reached over the network, metrics from the RayService's head only)."""
+
+    cross_namespaces: frozenset[str] = frozenset()       # RayService namespaces; "*": any
+    endpoints: Mapping[str, PolicyEndpoint] = field(default_factory=dict)   # by name
+    metrics_addresses: Mapping[str, str] = field(default_factory=dict)      # name -> address
+
+    def allows_namespace(self, namespace: str) -> bool:
+        return ANY_NAMESPACE in self.cross_namespaces or namespace in self.cross_namespaces
+
+    def endpoint(self, name_or_url: str) -> PolicyEndpoint | None:
+        """The allowed endpoint named `name_or_url`, or whose URL it is; None if none."""
+        if name_or_url in self.endpoints:
+            return self.endpoints[name_or_url]
+        want = _endpoint_url(name_or_url)
+        return next((e for e in self.endpoints.values() if _endpoint_url(e.url) == want),
+                    None)
+
+    def metrics_address(self, name_or_address: str) -> str | None:
+        if name_or_address in self.metrics_addresses:
+            return self.metrics_addresses[name_or_address]
+        want = name_or_address.strip()
+        return want if want in self.metrics_addresses.values() else None
+
+    @classmethod
+    def from_flags(cls, *, cross_namespaces: Iterable[str] = (),
+                   endpoints: Iterable[str] = (), api_key_envs: Iterable[str] = (),
+                   metrics_addresses: Iterable[str] = ()) -> OperatorTrust:
+        """From `sair operator`'s flags: namespaces, `NAME=URL` endpoints, `NAME=VAR` API
+        key variables of those endpoints and `NAME=ADDRESS` metrics addresses. ValueError
+        names a malformed or dangling entry."""
+        namespaces = frozenset(n.strip() for n in cross_namespaces)
+        for n in namespaces:
+            if n != ANY_NAMESPACE and not _DNS_LABEL.match(n):
+                raise ValueError(f"--allow-cross-namespace {n!r}: not a namespace name (or *)")
+        urls = _pairs(endpoints, "--policy-endpoint", "NAME=URL")
+        for name, url in urls.items():
+            if not re.match(r"^https?://[^\s/?#]+", url):
+                raise ValueError(f"--policy-endpoint {name}={url}: not an http(s) URL")
+        keys = _pairs(api_key_envs, "--policy-api-key-env", "NAME=VARIABLE")
+        for name, var in keys.items():
+            if name not in urls:
+                raise ValueError(f"--policy-api-key-env {name}={var}: no --policy-endpoint "
+                                 f"named {name!r}")
+            if not _ENV.match(var):
+                raise ValueError(f"--policy-api-key-env {name}={var}: not a variable name")
+        return cls(namespaces,
+                   {n: PolicyEndpoint(n, u, keys.get(n, "")) for n, u in urls.items()},
+                   _pairs(metrics_addresses, "--metrics-address", "NAME=ADDRESS"))
+
+
+def _pairs(items: Iterable[str], flag: str, form: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _NAME.match(name) or not value:
+            raise ValueError(f"{flag} {item!r}: expected {form}")
+        if name in out:
+            raise ValueError(f"{flag}: {name!r} given twice")
+        out[name] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -99,8 +214,11 @@ class AutoscalerSpec:
         return (self.namespace, self.name)
 
     @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> AutoscalerSpec:
-        return _parse(obj)
+    def from_object(cls, obj: Mapping[str, Any],
+                    trust: OperatorTrust | None = None) -> AutoscalerSpec:
+        """Read `obj`, checking what it names against the operator's `trust` (see the
+        module docstring); None checks nothing (dry runs only)."""
+        return _parse(obj, trust)
 
 
 def _get(m: Mapping[str, Any], key: str, path: str, typ: type | tuple[type, ...],
@@ -182,7 +300,7 @@ def _stage(s: Any, i: int, what: str) -> tuple[StageSpec, StageBinding]:
     return spec, binding
 
 
-def _parse(obj: Mapping[str, Any]) -> AutoscalerSpec:
+def _parse(obj: Mapping[str, Any], trust: OperatorTrust | None = None) -> AutoscalerSpec:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace") or "default"
     name = meta.get("name")
@@ -195,6 +313,8 @@ def _parse(obj: Mapping[str, Any]) -> AutoscalerSpec:
     rs = _get(spec, "rayService", "spec", dict, what=what)
     rs_name = _get(rs, "name", "spec.rayService", str, what=what)
     rs_ns = _get(rs, "namespace", "spec.rayService", str, ns, what)
+    if trust is not None:
+        _check_rayservice(rs_name, rs_ns, ns, trust, what)
     app = _get(spec, "application", "spec", str, what=what)
     sla = _get(spec, "slaMs", "spec", _NUM, what=what)
     cl = _get(spec, "cluster", "spec", dict, {}, what)
@@ -225,6 +345,8 @@ def _parse(obj: Mapping[str, Any]) -> AutoscalerSpec:
         cfg = SAIRConfig.from_dict(overrides)
     except ConfigError as e:
         raise AutoscalerSpecError(f"{what}spec.config.{e}") from None
+    if trust is not None:
+        cfg = _trusted_policy(cfg, overrides, trust, set(lm_set), what)
 
     met = _get(spec, "metrics", "spec", dict, {}, what)
     source = _get(met, "source", "spec.metrics", str, "ray", what)
@@ -236,6 +358,15 @@ def _parse(obj: Mapping[str, Any]) -> AutoscalerSpec:
         raise AutoscalerSpecError(f"{what}spec.metrics.profile: required when source is "
                                   "'simulator'")
     address = _get(met, "address", "spec.metrics", str, None, what)
+    if trust is not None and address is not None:
+        allowed = trust.metrics_address(address)
+        if allowed is None:
+            names = ", ".join(sorted(trust.metrics_addresses)) or "none"
+            raise AutoscalerSpecError(
+                f"{what}spec.metrics.address: {address!r} is not a metrics address this "
+                f"operator allows (allowed, by name or address: {names}; the operator's "
+                "--metrics-address); leave it out to read the RayService's own head")
+        address = allowed
     timeout_s = float(_get(met, "timeoutSeconds", "spec.metrics", _NUM, 10.0, what))
     if not timeout_s > 0:
         raise AutoscalerSpecError(f"{what}spec.metrics.timeoutSeconds: must be > 0")
@@ -246,3 +377,54 @@ def _parse(obj: Mapping[str, Any]) -> AutoscalerSpec:
         bindings=tuple(p[1] for p in parsed), policy=PolicySpec(policy_name),
         metrics=MetricsSpec(source, profile, address, timeout_s), config=cfg,
         suspend=bool(_get(spec, "suspend", "spec", bool, False, what)))
+
+
+def _check_rayservice(name: str, namespace: str, own: str, trust: OperatorTrust,
+                      what: str) -> None:
+    for key, v in (("name", name), ("namespace", namespace)):
+        if not _DNS_LABEL.match(v):
+            raise AutoscalerSpecError(f"{what}spec.rayService.{key}: {v!r} is not a "
+                                      "Kubernetes name (a DNS-1123 label)")
+    if namespace != own and not trust.allows_namespace(namespace):
+        raise AutoscalerSpecError(
+            f"{what}spec.rayService.namespace: {namespace!r} is not this "
+            f"PipelineAutoscaler's namespace ({own!r}), and the operator does not allow "
+            f"RayServices in {namespace!r} to be named from another namespace (an operator "
+            f"started with --allow-cross-namespace {namespace} does)")
+
+
+def _trusted_policy(cfg: SAIRConfig, overrides: Mapping[str, Any], trust: OperatorTrust,
+                    in_policy: set[str], what: str) -> SAIRConfig:
+    """`cfg` with the policy endpoint and API-key variable the operator allows: the URL
+    the resource names must be an allowed endpoint (by name or URL), and the key variable
+    is that endpoint's, whatever the resource says. `in_policy`: the keys the resource set
+    in `spec.policy` rather than `spec.config.policy` (for the field in an error)."""
+
+    def field_of(key: str) -> str:
+        return f"spec.policy.{key}" if key in in_policy else f"spec.config.policy.{key}"
+
+    pol = cfg.policy
+    ep = None
+    if pol.url:
+        ep = trust.endpoint(pol.url)
+        if ep is None:
+            names = ", ".join(sorted(trust.endpoints)) or "none"
+            raise AutoscalerSpecError(
+                f"{what}{field_of('url')}: {pol.url!r} is not a policy endpoint this operator "
+                f"allows (allowed, by name or URL: {names}; the operator's "
+                "--policy-endpoint)")
+    if ep is None and pol.model:
+        raise AutoscalerSpecError(
+            f"{what}{field_of('model')}: {pol.model!r} would be a model file on the "
+            "operator's disk (no policy endpoint is named); the embedded model is the "
+            "operator's to choose, so leave model out or name a --policy-endpoint")
+    want_env = ep.api_key_env if ep is not None else ""
+    raw = overrides.get("policy")
+    asked = raw.get("api_key_env") if isinstance(raw, Mapping) else None
+    if asked is not None and asked != want_env:
+        raise AutoscalerSpecError(
+            f"{what}spec.config.policy.api_key_env: the API key's variable is the "
+            "operator's to choose (--policy-api-key-env NAME=VAR pairs one with each "
+            "endpoint); a PipelineAutoscaler may not name one")
+    return cfg.replace(**{"policy.url": ep.url if ep is not None else "",
+                          "policy.api_key_env": want_env})

@@ -104,24 +104,51 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return profile_from_yaml(text, source=str(p), base_dir=str(p.parent))
 
 
+def load_pipeline(name_or_path: str | Path) -> PipelineSpec:
+    """Only the pipeline part of a profile (stages, limits, SLA, cluster): what a live app
+    needs. Here `sim:` blocks are optional (checked when present) and so is `initial` (a
+    live backend reads the allocation from the app)."""
+    s = str(name_or_path)
+    if isinstance(name_or_path, str) and "/" not in s and not s.endswith((".yaml", ".yml")):
+        return load_profile(s).pipeline
+    p = Path(name_or_path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ProfileError(f"cannot read profile {p}: {e.strerror or e}") from None
+    return _parse(_yaml(text, str(p)), str(p), str(p.parent), need_sim=False).pipeline
+
+
 def profile_from_yaml(text: str, source: str = "<string>",
                       base_dir: str | None = None) -> Profile:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{source}: not valid YAML: {e}") from None
-    return profile_from_dict(data, source=source, base_dir=base_dir)
+    return profile_from_dict(_yaml(text, source), source=source, base_dir=base_dir)
 
 
 def profile_from_dict(data: Any, source: str = "<dict>",
                       base_dir: str | None = None) -> Profile:
+    return _parse(data, source, base_dir, need_sim=True)
+
+
+def _yaml(text: str, source: str) -> Any:
     try:
-        return _profile(Fields(data, ""), source, base_dir)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{source}: not valid YAML: {e}") from None
+
+
+def _parse(data: Any, source: str, base_dir: str | None, *, need_sim: bool) -> Profile:
+    try:
+        return _profile(Fields(data, ""), source, base_dir, need_sim)
     except (SchemaError, SpecError) as e:
-        raise ProfileError(f"{source}: {e}") from None
+        hint = ""
+        if need_sim and str(e).endswith("required key is missing") and (
+                ".sim" in str(e) or ".initial" in str(e)):
+            hint = (" (the simulator needs `initial` and a `sim:` model of every stage, "
+                    "docs/simulator.md; attaching to a live app needs neither)")
+        raise ProfileError(f"{source}: {e}{hint}") from None
 
 
-def _profile(f: Fields, source: str, base_dir: str | None) -> Profile:
+def _profile(f: Fields, source: str, base_dir: str | None, need_sim: bool) -> Profile:
     name = f.text("name")
     description = f.text("description", "")
     sla_ms = f.num("sla_ms", lo=0, lo_open=True)
@@ -143,15 +170,16 @@ def _profile(f: Fields, source: str, base_dir: str | None) -> Profile:
         raise ProfileError("stages: a pipeline needs at least one stage")
     specs, models = [], []
     for sf in stage_fields:
-        spec, model = _stage(sf)
+        spec, model = _stage(sf, need_sim)
         specs.append(spec)
-        models.append(model)
+        if model is not None:
+            models.append(model)
     f.done()
     pipeline = PipelineSpec(name=name, stages=tuple(specs), sla_ms=sla_ms, cluster=cluster)
     return Profile(pipeline, tuple(models), workload_spec, description, source, base_dir)
 
 
-def _stage(f: Fields) -> tuple[StageSpec, StageModel]:
+def _stage(f: Fields, need_sim: bool = True) -> tuple[StageSpec, StageModel | None]:
     name = f.text("name")
     kind = StageKind(f.text("kind", "cpu", choices=("cpu", "gpu")))
     defaults = StageSpec(name=name, kind=kind)
@@ -162,6 +190,15 @@ def _stage(f: Fields) -> tuple[StageSpec, StageModel]:
         kw[key] = f.num(key, None, lo=0, integer=True)
     kw["gpus_per_replica"] = f.num("gpus_per_replica", defaults.gpus_per_replica, lo=0,
                                    lo_open=True)
+    if not need_sim and not f.has("initial"):
+        # a live app's allocation is read from the app; this only has to be in range
+        initial = StageAllocation(
+            replicas=1, cpu_m=min(max(1000, kw["cpu_m_min"]), kw["cpu_m_max"]),
+            mem_mb=min(max(1024, kw["mem_mb_min"]), kw["mem_mb_max"]))
+        spec = StageSpec(name=name, kind=kind, initial=initial, **kw)
+        model = _model(f.sub("sim"), kind) if f.has("sim") else None
+        f.done()
+        return spec, model
     init = f.sub("initial")
     initial = StageAllocation(
         replicas=init.num("replicas", lo=0, integer=True),
@@ -174,7 +211,7 @@ def _stage(f: Fields) -> tuple[StageSpec, StageModel]:
     _within(init, "cpu_m", initial.cpu_m, kw["cpu_m_min"], kw["cpu_m_max"])
     _within(init, "mem_mb", initial.mem_mb, kw["mem_mb_min"], kw["mem_mb_max"])
     spec = StageSpec(name=name, kind=kind, initial=initial, **kw)
-    model = _model(f.sub("sim"), kind)
+    model = _model(f.sub("sim"), kind) if need_sim or f.has("sim") else None
     f.done()
     return spec, model
 

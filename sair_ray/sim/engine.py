@@ -721,7 +721,7 @@ class Simulation:
 
     def _compact(self, before: float) -> None:
         self._last_compact = self.now
-        self._horizon = before
+        self._horizon = max(self._horizon, before)  # a fork may start past `before`
         self._arrival_log.compact(before)
         n_fail = bisect.bisect_left(self._fail_log, before)
         self._lat_hist.add(np.full(n_fail, self.failure_latency_factor * self._sla_s))

@@ -22,7 +22,8 @@ the apiserver's documented semantics for what SAIR touches:
   answers a version older than its event history with an ERROR event of code 410.
 
 The store is also reachable in-process (`server.store`) so a test can seed objects and
-play "another client" writing concurrently (`store.before_next_write`).
+play "another client" writing concurrently (`store.before_next_write`), or make the
+server slow to answer some requests (`store.stall`: an apiserver that hangs).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Store:
     closing: bool = False
     hooks: list[Callable[[Store, Kind, str, str], None]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
+    # (method, path) -> seconds to wait before answering (0: at once)
+    stall: Callable[[str, str], float] | None = None
 
     # -- helpers for tests -----------------------------------------------------------------
     def before_next_write(self, fn: Callable[[Store, Kind, str, str], None]) -> None:
@@ -304,6 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._req = Request(self.command, url.path, query, ctype, copy.deepcopy(body),
                                     authorization=self.headers.get("Authorization") or "")
                 store.requests.append(self._req)
+                stall = store.stall
+            if stall is not None and (delay := stall(self.command, url.path)) > 0:
+                time.sleep(delay)
             kind, ns, name, sub = _route(url.path)
             if self.command == "GET" and name is None:
                 if query.get("watch") in ("true", "1"):
@@ -441,6 +447,13 @@ class ApiServer(ThreadingHTTPServer):
     def start(self) -> ApiServer:
         self._thread.start()
         return self
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that gave up on a stalled answer (a request timeout)
+        super().handle_error(request, client_address)
 
     def stop(self) -> None:
         with self.store.cond:

@@ -91,7 +91,7 @@ def test_apply_sends_one_minimal_conditional_merge_patch(seeded: ApiServer,
 def test_unchanged_allocation_writes_nothing(seeded: ApiServer, api_client: Any) -> None:
     b = backend(api_client)
     b.apply(b.allocation(), now=1.0)
-    assert seeded.store.writes() == [] and b.patches == []
+    assert seeded.store.writes() == [] and list(b.patches) == [] and b.patch_count == 0
 
 
 def test_conflict_rereads_and_keeps_the_other_writers_change(seeded: ApiServer,

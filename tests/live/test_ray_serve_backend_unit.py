@@ -184,3 +184,87 @@ def test_serve_native_app_is_accepted_and_recognised() -> None:
     assert not other.serve_native
     with pytest.raises(ServeSetupError, match="external_scaler_enabled.*SAIRPolicy"):
         check_app(other, pipeline)
+
+
+def _backend_with(details: dict, admin_cls: type, **kw) -> RayServeBackend:
+    from sair_ray.backends.metrics import AppWindow
+
+    class Metrics:
+        def window(self, start: float, end: float) -> AppWindow:
+            return AppWindow("tiny_pipeline", start, end)
+
+    res = ({"CPU": 8.0, "memory": 8192.0 * MB}, {"CPU": 4.0, "memory": 4096.0 * MB})
+    return RayServeBackend("tiny_pipeline", admin=admin_cls(), metrics=Metrics(),
+                           resources=lambda: res, **kw)
+
+
+def test_a_redeploy_is_rebuilt_when_someone_deploys_while_it_is_prepared(details) -> None:
+    """A config PUT replaces every app: one built from details that changed before the
+    write would undo the change, so it is rebuilt from the new details."""
+    other = copy.deepcopy(details["applications"]["tiny_pipeline"])
+    other["name"] = other["deployed_app_config"]["name"] = "other"
+    details["applications"]["other"] = other
+    puts: list[dict] = []
+
+    class Admin:
+        reads = 0
+
+        def details(self) -> dict:
+            Admin.reads += 1
+            if Admin.reads == 3:   # a user's `serve deploy` of `other` lands right now
+                other["deployed_app_config"]["route_prefix"] = "/new"
+                other["last_deployed_time_s"] = 2e9
+            return copy.deepcopy(details)
+
+        def deploy(self, config: dict) -> None:
+            puts.append(config)
+
+    b = _backend_with(details, Admin, profile=PROFILE)
+    pre = b.observe(0, 30).allocation["pre"]
+    b.apply({"pre": type(pre)(pre.replicas, pre.cpu_m + 250, pre.mem_mb)}, 30)
+    assert len(puts) == 1 and not b.actuation_errors
+    sent = {a["name"]: a for a in puts[0]["applications"]}
+    assert sent["other"]["route_prefix"] == "/new"     # the user's change is kept
+
+
+def test_a_redeploy_is_skipped_while_the_config_keeps_changing(details) -> None:
+    puts: list[dict] = []
+
+    class Admin:
+        reads = 0
+
+        def details(self) -> dict:
+            Admin.reads += 1
+            d = copy.deepcopy(details)
+            d["applications"]["tiny_pipeline"]["last_deployed_time_s"] = Admin.reads
+            return d
+
+        def deploy(self, config: dict) -> None:
+            puts.append(config)
+
+    b = _backend_with(details, Admin, profile=PROFILE)
+    pre = b.observe(0, 30).allocation["pre"]
+    b.apply({"pre": type(pre)(pre.replicas, pre.cpu_m + 250, pre.mem_mb)}, 30)
+    assert puts == []
+    assert [e.what for e in b.actuation_errors] == ["resources"]
+    assert "kept changing" in b.actuation_errors[0].error
+
+
+def test_an_app_without_a_profile_is_read_from_serve(details) -> None:
+    from sair_ray.config import PipelineConfig
+
+    class Admin:
+        def details(self) -> dict:
+            return copy.deepcopy(details)
+
+    with pytest.raises(ServeSetupError, match="--sla-ms"):
+        _backend_with(details, Admin)
+    b = _backend_with(details, Admin, options=PipelineConfig(sla_ms=400))
+    assert b.pipeline.sla_ms == 400 and b.pipeline_source == "discovered from Serve"
+    assert set(b.pipeline.stage_names) == set(details["applications"]["tiny_pipeline"][
+        "deployments"])
+    b = _backend_with(details, Admin, options=PipelineConfig(sla_ms=400, stages="pre,post"))
+    assert b.pipeline.stage_names == ("pre", "post")
+    # a profile's SLA can be overridden from the config
+    b = _backend_with(details, Admin, profile=PROFILE, options=PipelineConfig(sla_ms=123))
+    assert b.pipeline.sla_ms == 123 and b.pipeline_source.startswith("profile ")

@@ -92,3 +92,53 @@ def test_gpu_util_from_shim_samples() -> None:
             rep("infer", "g", 2.0, arrivals=0, gpu=0.25),
             rep("infer", "g", 3.0, arrivals=0, gpu=0.75)])
     assert s.window(1.5, 3.0).stages["infer"].gpu_util == pytest.approx(0.5)
+
+
+class _ScanStore(MetricsStore):
+    """The store as it was before expiry used a heap: every push scanned every replica.
+    The reference the heap version must agree with."""
+
+    def _expire(self) -> None:
+        horizon = self._newest - self.retention_s
+        for data in self._stages.values():
+            while data.chunks and data.chunks[0][0] < horizon:
+                data.rows -= len(data.chunks.popleft()[1])
+            for rid in [r for r, s in data.samples.items() if s[-1].time < horizon]:
+                del data.samples[rid]
+            for s in data.samples.values():
+                while len(s) > 1 and s[0].time < horizon:
+                    s.popleft()
+
+
+def test_heap_expiry_gives_the_same_windows_as_scanning_every_replica() -> None:
+    import random
+
+    rng = random.Random(7)
+    kw = {"retention_s": 20.0, "max_samples": 8, "max_records": 500}
+    fast, ref = MetricsStore("app", **kw), _ScanStore("app", **kw)
+    arrivals: dict[str, int] = {}
+    # 40 replicas over 3 stages that come and go (some stop reporting and expire, some
+    # come back under the same id), pushed one report at a time and in batches
+    for step in range(400):
+        t = 100.0 + step * 0.25
+        batch = []
+        for _ in range(rng.randint(1, 6)):
+            stage = rng.choice(["pre", "infer", INGRESS])
+            rid = f"{stage}-{rng.randint(0, 12 if step < 200 else 4)}"
+            n = rng.randint(0, 3)
+            arrivals[rid] = arrivals.get(rid, 0) + n
+            recs = [(t - 0.3, t - 0.2, t - rng.random() * 0.1, rng.random() > 0.1)
+                    for _ in range(n)]
+            batch.append(rep(stage, rid, t, arrivals=arrivals[rid], records=recs,
+                             cpu_s=rng.random(), waiting=rng.randint(0, 3),
+                             ongoing=rng.randint(0, 2),
+                             gpu=rng.random() if stage == "infer" else None))
+        fast.push(batch)
+        ref.push(batch)
+        if step % 20 == 19:
+            for start, end in ((t - 10, t), (t - 30, t + 1), (t - 2.5, t - 0.5)):
+                assert fast.window(start, end).to_dict() == ref.window(start, end).to_dict()
+            assert fast.record_count() == ref.record_count()
+            for name in fast._stages:
+                assert ({r: list(s) for r, s in fast._stages[name].samples.items()}
+                        == {r: list(s) for r, s in ref._stages[name].samples.items()})

@@ -174,3 +174,19 @@ def test_capped_pareto_mean_is_exact():
     assert x.max() <= 2048.0
     assert x.mean() == pytest.approx(d.capped_mean(), rel=0.02)
     assert d.capped_mean() < 28.0
+
+
+def test_a_live_pipeline_needs_neither_sim_nor_initial(tmp_path):
+    from sair_ray.profiles import ProfileError, load_pipeline, load_profile
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nsla_ms: 500\nstages:\n  - name: Ingress\n"
+                    "  - name: infer\n    kind: gpu\n    cpu_m_min: 500\n")
+    p = load_pipeline(path)
+    assert p.stage_names == ("Ingress", "infer") and p.sla_ms == 500
+    assert p.stage("infer").initial.cpu_m == 1000
+    # the simulator does need them, and says so
+    with pytest.raises(ProfileError, match="initial: required.*simulator needs"):
+        load_profile(path)
+    # shipped names still work
+    assert load_pipeline("nlp_analysis") == load_profile("nlp_analysis").pipeline

@@ -1,6 +1,10 @@
 """Metrics sources for the Kubernetes backend (`sair_ray.backends.metrics.MetricsSource`).
 
-- `RayMetrics`: the live per-stage metrics of a Serve application, read through
+- `ServePrometheusMetrics` (`metrics.source: prometheus`): Ray Serve's own metrics of the
+  application, read from a Prometheus server that scrapes the RayService's pods (the
+  usual KubeRay + Prometheus set-up; `sair_ray.backends.serve_metrics`): no Ray Client,
+  no code in the app.
+- `RayMetrics` (`metrics.source: ray`): the app's StageMeter metrics actor, read through
   `sair_ray.observe.MetricsClient` from the Ray cluster the RayService runs (over Ray
   Client, `ray://<rayservice>-head-svc.<namespace>.svc:10001` by default).
 - `SimulatedMetrics`: the discrete-event simulator of a shipped pipeline profile, following
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from sair_ray.backends.metrics import AppWindow, StageWindow
@@ -85,6 +90,26 @@ class RayMetrics:
 
     def window(self, start: float, end: float) -> AppWindow:
         return self.client.window(start, end)
+
+
+class ServePrometheusMetrics:
+    """Ray Serve's metrics of application `app` from the Prometheus server at `url`.
+    `deployments` maps each stage to its Serve deployment (stages that are plain
+    Kubernetes Deployments have no Serve metrics: the window flags them as partial)."""
+
+    def __init__(self, app: str, deployments: Mapping[str, str], *, url: str,
+                 timeout_s: float = 10.0) -> None:
+        from sair_ray.backends.serve_metrics import serve_metrics_source
+
+        self.source = serve_metrics_source(app, list(deployments.values()), None,
+                                           prometheus_url=url, timeout_s=timeout_s)
+        self._stage_of = {dep: stage for stage, dep in deployments.items()}
+
+    def window(self, start: float, end: float) -> AppWindow:
+        w = self.source.window(start, end)
+        stages = {self._stage_of.get(d, d): replace(sw, name=self._stage_of.get(d, d))
+                  for d, sw in w.stages.items()}
+        return replace(w, stages=stages)
 
 
 def app_window(w: WindowMetrics, app: str) -> AppWindow:

@@ -28,7 +28,7 @@ from sair_ray.backends.metrics import MetricsSource
 from sair_ray.controller import Controller
 from sair_ray.decision import Decision
 from sair_ray.files import ControllerFiles
-from sair_ray.operator.metrics import RayMetrics, SimulatedMetrics
+from sair_ray.operator.metrics import RayMetrics, ServePrometheusMetrics, SimulatedMetrics
 from sair_ray.operator.spec import AutoscalerSpec
 from sair_ray.session import RoundTimer, Session
 
@@ -53,6 +53,12 @@ def make_metrics(spec: AutoscalerSpec, *, start: float, allocation: Mapping[str,
     if profile is not None or spec.metrics.source == "simulator":
         return SimulatedMetrics(profile or spec.metrics.profile or "", spec.pipeline.stage_names,
                                 start=start, allocation=allocation, seed=spec.config.seed)
+    if spec.metrics.source == "prometheus":
+        assert spec.metrics.address is not None  # the spec refuses prometheus without one
+        return ServePrometheusMetrics(
+            spec.application, {b.stage: b.serve_deployment for b in spec.bindings
+                               if b.serve_deployment is not None},
+            url=spec.metrics.address, timeout_s=spec.metrics.timeout_s)
     address = spec.metrics.address or (
         f"ray://{spec.rayservice_name}-head-svc.{spec.rayservice_namespace}.svc:10001")
     return RayMetrics(spec.application, spec.pipeline, address=address,

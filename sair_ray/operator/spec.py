@@ -17,7 +17,7 @@ limits, the SAIRConfig overrides), with errors that name the offending field, e.
         - {name: inference, kind: gpu, gpusPerReplica: 1}
         - {name: postprocess, kubernetesDeployment: {name: post, container: app}}
       policy: {name: sair, backend: vllm, url: "http://policy-llm:8000/v1", model: ...}
-      metrics: {source: ray, profile: image_classification, timeoutSeconds: 10}
+      metrics: {source: prometheus, address: prom, timeoutSeconds: 10}   # or source: ray
       config: {loop: {decision_interval_s: 30}, validator: {replicas_max: 8}}
       suspend: false
 
@@ -67,7 +67,7 @@ GROUP = "sair-ray.io"
 VERSION = "v1alpha1"
 PLURAL = "pipelineautoscalers"
 KIND = "PipelineAutoscaler"
-METRICS_SOURCES = ("ray", "simulator")
+METRICS_SOURCES = ("ray", "prometheus", "simulator")
 
 
 class AutoscalerSpecError(ValueError):
@@ -367,6 +367,13 @@ def _parse(obj: Mapping[str, Any], trust: OperatorTrust | None = None) -> Autosc
                 f"operator allows (allowed, by name or address: {names}; the operator's "
                 "--metrics-address); leave it out to read the RayService's own head")
         address = allowed
+    # (a dry run, without a trust, reads the simulator and resolves no address)
+    if source == "prometheus" and trust is not None and (
+            address is None or not re.match(r"^https?://[^\s/?#]+", address)):
+        raise AutoscalerSpecError(
+            f"{what}spec.metrics.address: source 'prometheus' reads Ray Serve's metrics "
+            "from a Prometheus server: name one the operator allows (an http(s) URL given "
+            f"to the operator as --metrics-address NAME=URL), got {address!r}")
     timeout_s = float(_get(met, "timeoutSeconds", "spec.metrics", _NUM, 10.0, what))
     if not timeout_s > 0:
         raise AutoscalerSpecError(f"{what}spec.metrics.timeoutSeconds: must be > 0")

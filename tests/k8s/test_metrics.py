@@ -70,3 +70,37 @@ def test_simulated_windows_give_the_simulators_own_context() -> None:
         ported = context_from_window(app_window(w, "image_classification"), backend.pipeline,
                                      own.allocation)
         assert repr(ported) == repr(own)
+
+
+def test_prometheus_source_reads_serve_metrics_without_ray_client() -> None:
+    """`metrics.source: prometheus`: the operator reads Ray Serve's own metrics from an
+    allowed Prometheus server. The server here is the labelled stand-in of
+    tests/observe/test_prometheus.py (Prometheus's documented query API over two real
+    Ray 2.60 agent scrapes of the plain app); stages named apart from their deployments
+    are mapped back."""
+    from sair_ray.operator.runner import make_metrics
+    from sair_ray.operator.spec import AutoscalerSpec, AutoscalerSpecError, OperatorTrust
+    from tests.k8s.helpers import autoscaler
+    from tests.observe.test_prometheus import AFTER, BEFORE, PromStandIn, serve_http, snap
+
+    pa = autoscaler(application="plain", metrics={"source": "prometheus", "address": "prom"},
+                    stages=[{"name": "front", "kind": "cpu", "deployment": "Ingress",
+                             "initial": {"replicas": 1, "cpuM": 1000, "memMb": 1024}},
+                            {"name": "work", "kind": "cpu",
+                             "initial": {"replicas": 1, "cpuM": 1000, "memMb": 1024}}])
+    stand_in = PromStandIn(lambda: [snap(BEFORE, 100.0), snap(AFTER, 110.0)])
+    with serve_http(stand_in.answer) as addr:
+        trust = OperatorTrust.from_flags(metrics_addresses=[f"prom=http://{addr}"])
+        spec = AutoscalerSpec.from_object(pa, trust)
+        source = make_metrics(spec, start=0.0, allocation={})
+        w = source.window(100.0, 110.0)
+    assert set(w.stages) == {"front", "work"} and w.stages["front"].name == "front"
+    assert (w.stages["front"].arrivals, w.stages["work"].completions) == (23, 20)
+    assert (w.arrivals, w.completions, w.errors) == (23, 20, 3)
+    # a tenant cannot point the operator at a server of its own choosing
+    pa["spec"]["metrics"]["address"] = "http://evil.example:9090"
+    with pytest.raises(AutoscalerSpecError, match="not a metrics address this operator"):
+        AutoscalerSpec.from_object(pa, trust)
+    pa["spec"]["metrics"] = {"source": "prometheus"}
+    with pytest.raises(AutoscalerSpecError, match="source 'prometheus'.*--metrics-address"):
+        AutoscalerSpec.from_object(pa, trust)

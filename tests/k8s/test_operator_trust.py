@@ -52,6 +52,7 @@ def parse(trust: OperatorTrust | None = TRUST, ns: str = "default",
     pa = sample("pipelineautoscaler.yaml")
     pa["metadata"]["namespace"] = ns
     pa["spec"]["policy"] = {"name": "sair", "backend": "vllm"}
+    pa["spec"]["metrics"] = {"source": "ray"}   # the RayService's own head by default
     pa["spec"].update(changes)
     return AutoscalerSpec.from_object(pa, trust)
 

@@ -26,7 +26,8 @@ def test_sample_reads_as_written() -> None:
     assert inf.initial == StageAllocation(1, 2000, 4096, 1.0)
     assert s.config.policy.backend == "vllm" and s.config.loop.decision_interval_s == 30
     assert [b.serve_deployment for b in s.bindings] == ["preprocess", "inference", "postprocess"]
-    assert s.metrics.source == "ray" and s.metrics.profile == "image_classification"
+    assert s.metrics.source == "prometheus" and s.metrics.address == "prom"
+    assert s.metrics.profile == "image_classification"
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -41,7 +42,8 @@ def test_sample_reads_as_written() -> None:
     ({"config": {"reward": {"w_L": 2}}}, r"spec.config.reward.w_L: expected a number in"),
     ({"config": {"loop": {"decision_intervall_s": 3}}},
      r"spec.config.loop.decision_intervall_s: unknown key"),
-    ({"metrics": {"source": "prometheus"}}, r"spec.metrics.source: expected one of ray"),
+    ({"metrics": {"source": "graphite"}}, r"spec.metrics.source: expected one of ray, "
+                                          r"prometheus, simulator"),
     ({"metrics": {"source": "simulator"}}, r"spec.metrics.profile: required"),
     ({"rayService": {}}, r"spec.rayService.name: required"),
 ])

@@ -2,8 +2,10 @@
 
 Two kinds of line: `{"kind": "decision", ...}` when a round acts, and
 `{"kind": "reward", "round": n, ...}` one round later, when that action's outcome is
-seen. Lines are flushed as they are written, so a crash loses at most the line being
-written; `read` skips a torn final line.
+seen. The host adds its events (`Controller.note`): `round_failed`, `external` (a change
+SAIR did not make), `actuation_error`, and in Serve-native mode `serve_modes` (the
+deployments' modes, at each change). Lines are flushed as they are written, so a crash
+loses at most the line being written; `read` skips a torn final line.
 
 The log rotates by size: before a line would take `decisions.jsonl` past `max_bytes`, the
 file becomes `decisions.jsonl.1` (the previous `.1` becomes `.2`, ...), and at most

@@ -70,6 +70,7 @@ def summarize(d: Decision) -> dict[str, Any]:
         if b is not None else dict.fromkeys(("label", "stages", "reason")),
         "p99_ms": ctx.p99_ms, "p50_ms": ctx.p50_ms, "sla_ms": ctx.sla_ms,
         "arrival_rate": ctx.arrival_rate, "errors": ctx.errors, "drops": ctx.drops,
+        "partial": list(ctx.partial),
         "cost_rate": ctx.cost_rate,
         "stages": {s.name: {"kind": s.kind.value, "replicas": s.replicas, "cpu_m": s.cpu_m,
                             "mem_mb": s.mem_mb, "rate": s.rate, "queue": s.queue,
@@ -99,6 +100,7 @@ class LiveLoop:
         self.recent: deque[dict[str, Any]] = deque(maxlen=history)
         self.external: deque[dict[str, Any]] = deque(maxlen=history)
         self.actuation_errors: deque[dict[str, Any]] = deque(maxlen=history)
+        self._noted_modes: dict[str, str] | None = None
         self.rounds_ok = 0
         self.rounds_failed = 0
         self.failed_streak = 0    # failed rounds since the last one that succeeded
@@ -197,7 +199,19 @@ class LiveLoop:
         self.plan = Plan(self.opts.app, d.round, now, self.cfg.loop.decision_interval_s,
                          {name: t.replicas for name, t in d.targets.items()})
         self._publish(self.plan)
+        self._note_serve_modes()
         return d
+
+    def _note_serve_modes(self) -> None:
+        """Serve-native mode: each change of the deployments' modes (following SAIR's plan
+        or on Serve's fallback, and why) goes into the decision log as a `serve_modes`
+        record, so a log shows which rounds Serve actually followed."""
+        modes = _serve_modes(self.opts.app)
+        if not modes or "modes" not in modes or modes["modes"] == self._noted_modes:
+            return
+        self._noted_modes = dict(modes["modes"])
+        assert self.session is not None
+        self.session.controller.note("serve_modes", modes)
 
     def _failed(self, now: float, why: str, *, exc: bool = False) -> None:
         self.rounds_failed += 1

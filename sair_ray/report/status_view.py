@@ -77,6 +77,12 @@ def from_status(st: dict[str, Any], decisions: list[dict[str, Any]]) -> StatusVi
     notes = []
     if st.get("last_error"):
         notes.append(Text(f"last error: {st['last_error']}", style="yellow"))
+    native = (st.get("serve_native") or {}).get("modes")
+    if native:
+        notes.append(Text("Serve-native: " + ", ".join(f"{d} {m}" for d, m in native.items()),
+                          style="green" if set(native.values()) == {"sair"} else "yellow"))
+    if last is not None and last.get("partial"):
+        notes.append(Text(f"partial metrics: {'; '.join(last['partial'])}", style="yellow"))
     for ch in st.get("external_changes", []):
         notes.append(Text(f"external change: {ch['stage']}.{ch['field']} {ch['expected']} -> "
                           f"{ch['observed']} (adopted)"))

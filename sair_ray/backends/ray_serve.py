@@ -34,12 +34,13 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sair_ray.backends.gpu_rate import GpuRates, ReplicaShim
 from sair_ray.backends.metrics import MetricsSource, context_from_window
 from sair_ray.config import PipelineConfig
 from sair_ray.discovery import DiscoveryError, discover_pipeline, ingress_of, parse_stage_list
@@ -167,6 +168,7 @@ class DeploymentView:
     num_gpus: float
     pids: tuple[int, ...]        # processes of RUNNING replicas
     shim_socket: str | None      # CUDA_TB_SOCKET template, if the replicas load the shim
+    shims: tuple[ReplicaShim, ...]   # RUNNING replicas' shim sockets (with the shim)
     actor_options: Mapping[str, Any]
     status: str
 
@@ -183,7 +185,9 @@ class DeploymentView:
             memory_mb=float(memory) / MB if memory else None,
             num_gpus=float(opts.get("num_gpus") or 0.0),
             pids=tuple(int(r["pid"]) for r in running if r.get("pid")),
-            shim_socket=env.get(SHIM_SOCKET_ENV) or None, actor_options=opts,
+            shim_socket=env.get(SHIM_SOCKET_ENV) or None,
+            shims=tuple(ReplicaShim.of(running, env[SHIM_SOCKET_ENV]))
+            if env.get(SHIM_SOCKET_ENV) else (), actor_options=opts,
             status=str(d.get("status", "")))
 
 
@@ -255,6 +259,10 @@ class ExternalChange:
     field: str
     expected: float
     observed: float
+    # a GPU replica whose rate drifted from the stage's (e.g. it restarted at rate 1):
+    # SAIR sets it back rather than adopting it
+    replica: str = ""
+    restored: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,6 +344,8 @@ class RayServeBackend:
         self._pipeline = self._live_pipeline(view, base)
         self._metrics = metrics
         self._rates: dict[str, float] = {}
+        self.gpu = GpuRates(app)
+        self._rates_read: dict[str, float] = {}   # stage -> time of its last shim read
         self._expected: dict[str, StageAllocation] | None = None
         self.external_changes: deque[ExternalChange] = deque(maxlen=history)
         self.actuation_errors: deque[ActuationError] = deque(maxlen=history)
@@ -351,7 +361,7 @@ class RayServeBackend:
 
     def observe(self, start: float, end: float) -> Context:
         view = self._view(end)
-        allocation = self._allocation(view)
+        allocation = self._allocation(view, end)
         self._detect_external(allocation, end)
         ctx = context_from_window(self.metrics.window(start, end), self._pipeline, allocation)
         # named after the Serve app (a user profile may carry another name), at round time
@@ -369,7 +379,7 @@ class RayServeBackend:
         """
         view = self._view(now)
         self._round_at = None  # what follows changes the app: the next round reads anew
-        current = self._allocation(view)
+        current = self._allocation(view, now)
         resources: dict[str, StageAllocation] = {}
         failed: set[str] = set()
         done: list[str] = []          # steps carried out, for the message if cut off
@@ -430,7 +440,7 @@ class RayServeBackend:
         """Compare the deployed allocation with what SAIR last left, record differences in
         `external_changes` and adopt them; returns the new ones. The live loop calls this
         before each round so the round already treats a user's change as the status quo."""
-        return self._detect_external(self._allocation(self._view(now)), now)
+        return self._detect_external(self._allocation(self._view(now), now), now)
 
     # -- parts --------------------------------------------------------------------------------
     @property
@@ -520,7 +530,7 @@ class RayServeBackend:
             stages.append(spec)
         return replace(base, stages=tuple(stages), cluster=_cluster(total))
 
-    def _allocation(self, view: AppView) -> dict[str, StageAllocation]:
+    def _allocation(self, view: AppView, now: float) -> dict[str, StageAllocation]:
         out = {}
         for spec in self._pipeline.stages:
             d = view.deployments.get(spec.name)
@@ -528,26 +538,45 @@ class RayServeBackend:
                 raise ServeSetupError(f"deployment {spec.name!r} of app {self.app!r} "
                                       "disappeared (was the app redeployed without it?)")
             mem = round(d.memory_mb) if d.memory_mb else spec.initial.mem_mb
-            rate = self._rate(d) if spec.is_gpu else 1.0
+            rate = self._rate(d, now) if spec.is_gpu else 1.0
             out[spec.name] = StageAllocation(d.target_replicas, round(d.num_cpus * 1000), mem,
                                              rate)
         return out
 
-    def _rate(self, d: DeploymentView) -> float:
-        """The GPU rate in force: read from a replica's shim, else the last one SAIR set
-        (1.0 without a shim: nothing throttles the stage)."""
-        if d.shim_socket and d.pids:
-            from cuda_tb import ShimClient, ShimError
-
-            path = d.shim_socket.replace("%p", str(d.pids[0])).replace("%%", "%")
-            try:
-                rate = ShimClient(path, timeout=1.0).get_rate()
-                self._rates[d.name] = rate
-                return rate
-            except (ShimError, OSError, ValueError, KeyError) as e:
-                log.debug("%s/%s: cannot read the GPU rate from %s: %s", self.app, d.name,
-                          path, e)
-        return self._rates.get(d.name, 1.0)
+    def _rate(self, d: DeploymentView, now: float) -> float:
+        """The stage's GPU rate: the one SAIR last set (or, before it set one, the one most
+        replicas run at), read from every replica's shim once per round wherever it runs
+        (`sair_ray.backends.gpu_rate`). A replica off that rate (restarted at 1.0, or set
+        by someone else) is set back to it and the drift recorded. 1.0 without a shim."""
+        want = self._rates.get(d.name)
+        if not d.shims or self._rates_read.get(d.name) == now:
+            return want if want is not None else 1.0
+        self._rates_read[d.name] = now
+        got = self.gpu.get(d.name, d.shims)
+        rates = {r: v for r, v in got.items() if isinstance(v, float)}
+        for r, err in got.items():
+            if isinstance(err, str):
+                log.warning("%s/%s: cannot read the GPU rate of replica %s: %s", self.app,
+                            d.name, r, err)
+        if not rates:
+            return want if want is not None else 1.0
+        if want is None:
+            want = Counter(rates.values()).most_common(1)[0][0]
+            self._rates[d.name] = want
+            return want
+        drifted = [s for s in d.shims if s.replica in rates
+                   and not math.isclose(rates[s.replica], want, abs_tol=1e-6)]
+        if drifted:
+            fixed = self.gpu.set(d.name, drifted, want)
+            for s in drifted:
+                ok = isinstance(fixed.get(s.replica), float)
+                log.warning("%s/%s: replica %s ran at GPU rate %g, not %g; %s", self.app,
+                            d.name, s.replica, rates[s.replica], want,
+                            "set back" if ok else f"could not set it back: {fixed.get(s.replica)}")
+                self.external_changes.append(ExternalChange(
+                    now, d.name, "rate", want, rates[s.replica], replica=s.replica,
+                    restored=ok))
+        return want
 
     def _detect_external(self, allocation: Mapping[str, StageAllocation],
                          now: float) -> list[ExternalChange]:
@@ -635,18 +664,11 @@ class RayServeBackend:
                             SHIM_SOCKET_ENV)
             self._error(now, name, "rate", ServeSetupError("no cuda_tb shim"))
             return
-        from cuda_tb import ShimClient, ShimError
-
-        failed = []
-        for pid in d.pids:
-            path = d.shim_socket.replace("%p", str(pid)).replace("%%", "%")
-            try:
-                ShimClient(path).set_rate(rate)
-            except (ShimError, OSError, ValueError) as e:
-                failed.append(f"pid {pid}: {e}")
+        got = self.gpu.set(name, d.shims, rate)
+        failed = [f"replica {r}: {v}" for r, v in got.items() if isinstance(v, str)]
         if failed:
             self._error(now, name, "rate", RuntimeError("; ".join(failed)))
-        if len(failed) < len(d.pids):
+        if len(failed) < len(got):
             self._rates[name] = rate
 
     def _error(self, now: float, stage: str, what: str, e: Exception) -> None:

@@ -84,6 +84,12 @@ def from_status(st: dict[str, Any], decisions: list[dict[str, Any]]) -> StatusVi
     if last is not None and last.get("partial"):
         notes.append(Text(f"partial metrics: {'; '.join(last['partial'])}", style="yellow"))
     for ch in st.get("external_changes", []):
+        if ch.get("replica"):   # one GPU replica off its stage's rate, set back
+            notes.append(Text(f"rate drift: {ch['stage']} replica {ch['replica']} at "
+                              f"{ch['observed']}, " + ("set back to " if ch.get("restored")
+                                                        else "could not set back to ")
+                              + f"{ch['expected']}", style="yellow"))
+            continue
         notes.append(Text(f"external change: {ch['stage']}.{ch['field']} {ch['expected']} -> "
                           f"{ch['observed']} (adopted)"))
     for e in st.get("actuation_errors", []):

@@ -146,7 +146,14 @@ class LiveLoop:
         info = registry.get_live(self.opts.policy)  # PolicyError: no use retrying
         try:
             backend = self._backend_factory(self.opts)
-            policy = info.build(self.cfg, backend.pipeline)
+            params = {}
+            if info.name == "sair":   # the embedded model: one server for every app
+                from sair_ray.live.shared_lm import shared_endpoint
+
+                endpoint = shared_endpoint(self.cfg.policy)
+                if endpoint is not None:
+                    params["endpoint"] = endpoint
+            policy = info.build(self.cfg, backend.pipeline, **params)
         except Exception as e:  # not deployed yet, dashboard down, ...: retried next round
             self.last_error = f"setup: {e}"
             log.warning("%s: not attached yet: %s", self.opts.app, e)

@@ -83,7 +83,8 @@ def test_prometheus_source_reads_serve_metrics_without_ray_client() -> None:
     from tests.k8s.helpers import autoscaler
     from tests.observe.test_prometheus import AFTER, BEFORE, PromStandIn, serve_http, snap
 
-    pa = autoscaler(application="plain", metrics={"source": "prometheus", "address": "prom"},
+    pa = autoscaler(application="plain", metrics={"source": "prometheus", "address": "prom",
+                             "timeoutSeconds": 30},
                     stages=[{"name": "front", "kind": "cpu", "deployment": "Ingress",
                              "initial": {"replicas": 1, "cpuM": 1000, "memMb": 1024}},
                             {"name": "work", "kind": "cpu",

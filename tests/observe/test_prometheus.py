@@ -186,7 +186,7 @@ def test_counter_delta_new_reset_and_gone_series() -> None:
 def test_node_agents_scrape_every_address_and_name_the_dead_ones() -> None:
     dead = f"127.0.0.1:{free_port()}"
     with serve_http(lambda path: (200, AFTER) if path == "/metrics" else (404, "")) as addr:
-        agents = NodeAgents([addr, dead], timeout_s=2, prefixes=PREFIXES)
+        agents = NodeAgents([addr, dead], timeout_s=30, prefixes=PREFIXES)
         s = agents.snapshot()
         assert s.sources == (addr,) and dead in s.failed
         assert s.total("ray_serve_deployment_request_counter_total",
@@ -199,7 +199,7 @@ def test_node_agents_scrape_every_address_and_name_the_dead_ones() -> None:
 
 def test_node_agents_same_series_on_two_nodes_are_kept_apart() -> None:
     with serve_http(lambda p: (200, AFTER)) as a1, serve_http(lambda p: (200, AFTER)) as a2:
-        agents = NodeAgents([a1, a2], prefixes=PREFIXES)
+        agents = NodeAgents([a1, a2], timeout_s=30, prefixes=PREFIXES)
         s = agents.snapshot()
         agents.close()
     assert s.total("ray_serve_deployment_request_counter_total", {"deployment": "work"}) == 40
@@ -208,7 +208,8 @@ def test_node_agents_same_series_on_two_nodes_are_kept_apart() -> None:
 def test_node_agents_discover_addresses_and_rediscover_after_a_failure() -> None:
     calls = []
     with serve_http(lambda p: (200, AFTER)) as addr:
-        agents = NodeAgents(discover=lambda: calls.append(1) or [addr], rediscover_s=3600)
+        agents = NodeAgents(discover=lambda: calls.append(1) or [addr], rediscover_s=3600,
+                            timeout_s=30)
         agents.snapshot()
         agents.snapshot()
         assert len(calls) == 1
@@ -225,7 +226,7 @@ def test_node_agents_discover_addresses_and_rediscover_after_a_failure() -> None
 def test_prometheus_server_request_and_response_shape() -> None:
     stand_in = PromStandIn(lambda: [snap(BEFORE, 100.0), snap(AFTER, 110.0)])
     with serve_http(stand_in.answer) as addr:
-        server = PrometheusServer(f"http://{addr}/")
+        server = PrometheusServer(f"http://{addr}/", timeout_s=30)
         s = server.snapshot(105.0, ['{__name__=~"ray_serve_.+"}', "up"])
         assert stand_in.queries == [('{__name__=~"ray_serve_.+"} or up', 105.0)]
         assert s.total("ray_serve_replica_processing_queries") == \
@@ -339,8 +340,9 @@ def test_serve_metrics_context_and_options() -> None:
 def test_serve_metrics_via_a_prometheus_server_matches_the_direct_reading() -> None:
     stand_in = PromStandIn(lambda: [snap(BEFORE, 100.0), snap(AFTER, 110.0)])
     with serve_http(stand_in.answer) as addr:
+        # a generous timeout: a loaded CI machine may take seconds to schedule the server
         sm = serve_metrics_source("plain", ["Ingress", "work"], "Ingress",
-                                  prometheus_url=f"http://{addr}")
+                                  prometheus_url=f"http://{addr}", timeout_s=30)
         w = sm.window(100.0, 110.0)
         check_window(w)
         assert [t for _, t in stand_in.queries] == [100.0, 110.0]

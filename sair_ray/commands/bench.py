@@ -71,6 +71,12 @@ def bench(
                                    min=1)] = 200,
     eval_seed: Annotated[int, typer.Option(help="Seed of --bottleneck-eval scenarios.",
                                            min=0)] = 0,
+    eval_set: Annotated[str, typer.Option(
+        "--eval-set", help="Scenario set(s) of --bottleneck-eval: easy (the set the "
+                           "analyser was tuned on: bottlenecks >= 1.15x capacity, other "
+                           "stages <= 0.7x), hard (every stage at 0.8-1.2x, noisy windows, "
+                           "just-migrated bottlenecks; seeds 1000000 + --eval-seed) or both, "
+                           "reported apart under --out/easy and --out/hard.")] = "both",
     log_dir: Annotated[Path | None, typer.Option(
         "--log-dir", help="Write every run's controller decision log (each round's context, "
                           "retrieved episodes, reply, validated action and clamps, and its "
@@ -106,7 +112,7 @@ def bench(
         fail("--workload cannot be combined with --bottleneck-eval (it generates its own "
              "scenarios)")
     if bottleneck_eval:
-        _bottleneck_eval(n, eval_seed, workers, out_dir, command)
+        _bottleneck_eval(n, eval_seed, workers, out_dir, command, eval_set)
         return
     grid = _build_grid(apps=apps, patterns=patterns, workloads=workload, methods=methods,
                        ablation=ablation, sweep=sweep, seeds=seeds, hours=hours,
@@ -167,14 +173,23 @@ def _regret(grid: list[Scenario], horizon_s: float, out_dir: Path) -> None:
     out.print("-> " + ", ".join(map(str, paths)))
 
 
-def _bottleneck_eval(n: int, seed: int, workers: int, out_dir: Path, command: str) -> None:
+def _bottleneck_eval(n: int, seed: int, workers: int, out_dir: Path, command: str,
+                     eval_set: str = "both") -> None:
     from sair_ray.bench import bottleneck_eval as be
 
-    with err.status(f"bottleneck evaluation: {n} scenarios"):
-        rows = be.evaluate(n, seed, workers)
-    paths = be.write_outputs(rows, out_dir, command)
+    if eval_set not in (*be.EVAL_SETS, "both"):
+        fail(f"--eval-set must be easy, hard or both (got {eval_set!r})")
+    if seed >= be.HARD_SEED_OFFSET:
+        fail(f"--eval-seed must be below {be.HARD_SEED_OFFSET} (the hard set's seeds start "
+             "there)")
+    names = be.EVAL_SETS if eval_set == "both" else (eval_set,)
+    sets = {}
+    for name in names:
+        with err.status(f"bottleneck evaluation, {name} set: {n} scenarios"):
+            sets[name] = be.evaluate(n, seed, workers, name)
+    paths = be.write_eval_outputs(sets, out_dir, command)
     out.print(paths["markdown"].read_text(), markup=False, highlight=False)
-    out.print(f"-> {paths['scenarios']}, {paths['metrics']}, {paths['markdown']}")
+    out.print("-> " + ", ".join(str(p) for p in paths.values()))
 
 
 def _build_grid(*, apps: list[str] | None, patterns: list[str] | None,

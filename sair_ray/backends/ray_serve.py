@@ -265,7 +265,10 @@ class ExternalChange:
     restored: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.replica:   # a stage-level change: the two replica fields say nothing
+            del d["replica"], d["restored"]
+        return d
 
 
 @dataclass(frozen=True)

@@ -466,8 +466,10 @@ class RayServeBackend:
                     raise
         from sair_ray.backends.serve_metrics import serve_metrics_source
 
-        return serve_metrics_source(
-            self.app, self._pipeline.stage_names, self.last_view.ingress,
+        ingress = self.last_view.ingress
+        return serve_metrics_source(   # (a profile may leave the ingress out of its stages)
+            self.app, self._pipeline.stage_names,
+            ingress if ingress in self._pipeline.stage_names else None,
             prometheus_url=self.options.prometheus_url or None,
             gpu_stages=tuple(s.name for s in self._pipeline.stages if s.is_gpu))
 

@@ -250,6 +250,52 @@ class DecisionLogConfig(_Validated):
 
 
 @dataclass(frozen=True)
+class LearningConfig(_Validated):
+    """Project extension, docs/algorithm.md §10: memory that corrects the rule (headroom,
+    give-back, directed probes, periodic foresight). Switched off with the episodes when
+    retrieval.K = 0 (the no_icl ablation)."""
+
+    _key = "learning"
+
+    enabled: bool = _opt(False, "Keep the outcome table and arrival series and correct the "
+                         "policy's proposals with them (off: docs/algorithm.md §1-§9 only). "
+                         "Off by default until the published results are regenerated with "
+                         "it (its effect: docs/benchmarks.md, 'Learning').")
+    bucket_base: float = _opt(1.5, "Load level ratio of the outcome table: bucket = "
+                              "floor(log(lambda) / log(bucket_base)).", 1, 100, lo_open=True)
+    n_min: int = _opt(3, "Windows meeting the SLA before an allocation counts as known good "
+                      "at a load (and rounds a directed probe is kept on trial).", 1, 1000)
+    fail_max: float = _opt(0.05, "Share of missed windows above which an allocation or stage "
+                           "level counts as failing at a load.", 0, 1)
+    ok_margin: float = _opt(0.9, "A window counts as good when its p99 is at most this share "
+                            "of the SLA and nothing was dropped.", 0.1, 1)
+    min_saving: float = _opt(0.05, "Give back only for at least this relative cost saving.",
+                             0, 1)
+    headroom: bool = _opt(True, "Hold back a scale-down to a stage level that failed at this "
+                          "load.")
+    giveback: bool = _opt(True, "Propose the cheapest allocation known good at this load "
+                          "when the load is steady.")
+    directed_probes: bool = _opt(True, "Exploration rounds try the cheapest untried one-step "
+                                 "reduction at this load (no probe when none is uncertain) "
+                                 "instead of the §5 random step.")
+    probe_slack: float = _opt(0.5, "Directed probes only while p99 is at most this share of "
+                              "the SLA.", 0, 1)
+    foresight: bool = _opt(False, "Recognise periodic load and pre-scale before a predicted "
+                           "spike (off: no measurable gain on the shipped burst, whose spike "
+                           "capacity the rule already keeps; docs/algorithm.md §10).")
+    lead_s: float = _opt(120.0, "Pre-scale this long before a predicted spike (cover the "
+                         "slowest cold start plus a round).", 0, 3600)
+    spike_ratio: float = _opt(1.5, "A predicted rate at least this many times the current one "
+                              "is a spike.", 1, 100)
+    min_confidence: float = _opt(0.6, "Foresight acts only when the last period correlates "
+                                 "with the learned profile at least this well.", 0, 1)
+    history_rounds: int = _opt(480, "Arrival-rate rounds kept for period detection (480 = 4 "
+                               "hours at 30 s).", 10, 100_000)
+    steady_s: float = _opt(600.0, "Without a confident forecast, give back only if no higher "
+                           "load level was seen this long.", 0, 86_400)
+
+
+@dataclass(frozen=True)
 class SAIRConfig(_Validated):
     """The whole configuration. `SAIRConfig()` is exactly the defaults of docs/algorithm.md."""
 
@@ -263,6 +309,7 @@ class SAIRConfig(_Validated):
     cost: CostConfig = field(default_factory=CostConfig)
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     seed: int = _opt(0, "Seed of every random choice (probes, sampling, ablation 'random').",
                      0, 2**63 - 1)
 
@@ -321,6 +368,11 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "global_frontier": {"reward.global_frontier": True},
     # not an ablation of §3-§4: the production guard on exploration, measured against §5
     "safe_exploration": {"exploration.safe": True},
+    # project extension (docs/algorithm.md §10): SAIR with the learned corrections (off by
+    # default), with foresight, and with the §5 random probes instead of directed ones
+    "learning": {"learning.enabled": True},
+    "learning_foresight": {"learning.enabled": True, "learning.foresight": True},
+    "learning_random_probes": {"learning.enabled": True, "learning.directed_probes": False},
 }
 
 

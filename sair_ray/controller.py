@@ -26,6 +26,7 @@ from sair_ray.decision_log import DecisionLog
 from sair_ray.embedding import phi
 from sair_ray.eviction import enforce_cap
 from sair_ray.exploration import EpsilonSchedule, probe
+from sair_ray.learning import Learner
 from sair_ray.memory import ExperienceMemory
 from sair_ray.pareto import BucketedFrontiers
 from sair_ray.policy.base import Policy, PolicyReply, PolicyRequest
@@ -49,6 +50,7 @@ class _Pending:
     context: Context
     phi: np.ndarray
     action: Action
+    source: str = ""
 
 
 @dataclass
@@ -64,6 +66,9 @@ class Counters:
     evicted: int = 0
     reward_sum: float = 0.0   # running totals: a long-lived controller keeps no per-round list
     rewarded: int = 0
+    probe_usd: float = 0.0    # what probes added to the bill over their round ($; < 0: saved)
+    probe_misses: int = 0     # probe rounds whose window missed the SLA
+    learned: int = 0          # rounds whose proposal the learner corrected (docs/algorithm.md §10)
 
     @property
     def mean_reward(self) -> float:
@@ -93,6 +98,13 @@ class Controller:
         self.validator = Validator(self.pipeline, cfg.validator)
         self.epsilon = EpsilonSchedule(cfg.exploration)
         self.retriever = Retriever(memory, cfg.retrieval, self.rng) if memory is not None else None
+        effective = cfg.reward.cost_model == "effective"
+        # docs/algorithm.md §10: off with the episodes (retrieval.K = 0, the no_icl ablation)
+        self.learner = (Learner(self.pipeline, cfg.learning, cfg.validator,
+                                cfg.loop.decision_interval_s,
+                                lambda a: self.costs.rate(a, effective=effective))
+                        if (self.learn and cfg.learning.enabled and cfg.retrieval.K > 0
+                            and cfg.retrieval.selector != "none") else None)
         self.log = DecisionLog(log_path, max_bytes=cfg.decision_log.max_bytes,
                                max_files=cfg.decision_log.max_files)
         self.counters = Counters()
@@ -124,12 +136,20 @@ class Controller:
         t["observe"] = self._ms(s)
 
         s = self._perf()
-        if self._pending is not None:
+        pending = self._pending
+        if pending is not None:
             self._reward_previous(ctx)
         t["reward"] = self._ms(s)
 
         prev_ctx = self.history[-1] if self.history else None
         report = analyse(ctx, self.pipeline, prev_ctx)
+        free = self.backend.free_resources()
+        if self.learner is not None:
+            self.learner.observe(pending.context if pending else None,
+                                 pending.action if pending else None, ctx, report)
+
+        def resolve(proposal: object) -> dict[str, Any]:
+            return self.validator.validate(proposal, ctx.allocation, now=now, free=free).targets
 
         s = self._perf()
         episodes = self.retriever.select(phi_t) if self.retriever is not None else []
@@ -137,22 +157,37 @@ class Controller:
 
         epsilon = self.epsilon.epsilon   # before the draw decays it
         s = self._perf()
+        probe_prop = None
         if self.explore and self.epsilon.draw(self.rng):
+            if self.learner is not None and self.cfg.learning.directed_probes:
+                # §10: probe where the memory is uncertain; nothing uncertain, no probe
+                probe_prop = self.learner.probe(ctx, resolve, self.history)
+            else:
+                probe_prop = probe(self.pipeline, ctx.allocation, self.cfg.validator,
+                                   self.rng, safe=self.cfg.exploration.safe)
+        if probe_prop is not None:
             c.probes += 1
             source, rationale = "probe", "forced exploration probe"
-            reply = PolicyReply(proposal=probe(self.pipeline, ctx.allocation, self.cfg.validator,
-                                               self.rng, safe=self.cfg.exploration.safe))
+            reply = PolicyReply(proposal=probe_prop)
         else:
+            if self.learner is not None:
+                _offer_hints(self.policy, self.learner.hints(ctx))
             reply = self._ask_policy(PolicyRequest(
                 now=now, context=ctx, pipeline=self.pipeline,
-                free=self.backend.free_resources(), bottleneck=report, episodes=episodes,
+                free=free, bottleneck=report, episodes=episodes,
                 history=tuple(self.history)))
             source, rationale = f"policy:{self.policy.name}", reply.rationale
+            if self.learner is not None and not reply.error:
+                proposal, note = self.learner.correct(ctx, reply.proposal, resolve,
+                                                      self.history)
+                if note:
+                    c.learned += 1
+                    rationale = f"{rationale} [learned: {note}]".strip()
+                    reply = replace(reply, proposal=proposal)
         t["decide"] = self._ms(s)
 
         s = self._perf()
-        validated = self.validator.validate(reply.proposal, ctx.allocation, now=now,
-                                            free=self.backend.free_resources())
+        validated = self.validator.validate(reply.proposal, ctx.allocation, now=now, free=free)
         c.clamped += bool(validated.clamps)
         if validated.action.is_noop:
             c.noops += 1
@@ -168,7 +203,10 @@ class Controller:
             bottleneck=report, retrieved=tuple(Recalled.of(e) for e in episodes),
             prompt_chars=reply.prompt_chars, raw_reply=reply.raw, proposal=reply.proposal,
             clamps=validated.clamps, rationale=rationale, timings_ms=t, error=reply.error)
-        self._pending = _Pending(round_no, ctx, phi_t, validated.action)
+        if source == "probe":
+            c.probe_usd += (self.costs.rate(validated.targets, effective=effective)
+                            - ctx.cost_rate) * self.cfg.loop.decision_interval_s / 3600
+        self._pending = _Pending(round_no, ctx, phi_t, validated.action, source)
         self.history = (self.history + [ctx])[-HISTORY:]
         self.log.write("decision", decision.to_record())
         return decision
@@ -195,6 +233,8 @@ class Controller:
             up_sum=capacity_added(p.action, self.cfg.validator),
             n_stages=len(self.pipeline.stages))
         self.last_reward = rb
+        if p.source == "probe" and (ctx.p99_ms > ctx.sla_ms or ctx.drops > 0):
+            self.counters.probe_misses += 1
         self.counters.reward_sum += rb.total
         self.counters.rewarded += 1
         stored = False
@@ -268,6 +308,14 @@ class Controller:
         """Close what the controller made: its decision log. Memory and policy belong to
         whoever built them (`sair_ray.session.Session` closes all three)."""
         self.log.close()
+
+
+def _offer_hints(policy: object, hints: object) -> None:
+    """Hand the learner's hints (docs/algorithm.md §10) to a policy that shows them (the
+    LLM policy's prompt, `learned`), through a fallback wrapper too."""
+    for p in (policy, getattr(policy, "primary", None)):
+        if p is not None and hasattr(p, "learned"):
+            p.learned = hints
 
 
 class _Advancing(Protocol):

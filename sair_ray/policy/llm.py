@@ -28,6 +28,7 @@ from typing import Any
 
 from sair_ray.config import SAIRConfig
 from sair_ray.cost import CostModel
+from sair_ray.learning import Hints
 from sair_ray.policy.base import PolicyReply, PolicyRequest
 from sair_ray.policy.candidates import Candidate, build, pick
 from sair_ray.policy.lm import Endpoint, LMUnavailable, resolve
@@ -157,6 +158,9 @@ class LLMPolicy:
         self._busy = threading.Lock()
         self.last_prompt_chars = 0
         self.last_call_ms = 0.0  # the LM round trip alone, for overhead accounting
+        # what the memory's outcome table says this round (docs/algorithm.md §10); the
+        # controller sets it before each call when learning is on
+        self.learned: Hints | None = None
 
     # -- lazy set-up: importing dspy and starting llama.cpp cost seconds ----------------
     def _ensure(self) -> None:
@@ -208,6 +212,10 @@ class LLMPolicy:
     def inputs(self, request: PolicyRequest,
                cands: list[Candidate] | None = None) -> dict[str, str]:
         current = [format_current(request.context, request.bottleneck), free_line(request.free)]
+        hints = self.learned
+        if hints is not None and hints.lines:
+            # docs/algorithm.md §10: what the memory's outcomes say about this load
+            current += list(hints.lines)
         if cands:
             current.append("Candidate actions (answer with one label):" if self.candidates_only
                            else "Suggested actions:")
@@ -272,6 +280,11 @@ class LLMPolicy:
         ep = self._endpoint
         assert ep is not None  # _ensure() has set it
         cands = build(request, self.cfg.validator)
+        if self.learned is not None:
+            # the memory's own candidates (docs/algorithm.md §10), when the menu lacks them
+            for label, proposal, note in self.learned.candidates:
+                if all(c.proposal != proposal for c in cands):
+                    cands.append(Candidate(label, proposal, note))
         inputs = self.inputs(request, cands)
         self._adapter.schema = self.schema_for(cands)
         self.last_prompt_chars = sum(len(v) for v in inputs.values())

@@ -53,6 +53,13 @@ def plain_app(num_cpus: int = 2) -> Iterator[tuple[str, int]]:
         yield f"http://127.0.0.1:{http_port}/{APP}", mport
 
 
+@pytest.fixture(scope="module")
+def plain() -> Iterator[tuple[str, int]]:
+    """One cluster for the module's tests (each reads only windows of its own requests)."""
+    with plain_app() as app_and_port:
+        yield app_and_port
+
+
 def send(url: str, ok: int, bad: int = 0, workers: int = 4) -> list[int]:
     """`ok` good requests and `bad` ones that make the Ingress raise (HTTP 500)."""
 
@@ -82,45 +89,45 @@ def until_counted(read, want: int, timeout_s: float = 25.0) -> list[AppWindow]:
 
 
 @pytest.mark.timeout(150)
-def test_direct_agents_count_every_request_per_stage() -> None:
+def test_direct_agents_count_every_request_per_stage(plain) -> None:
     from sair_ray.backends.serve_metrics import serve_metrics_source
 
-    with plain_app() as (url, _port):
-        sm = serve_metrics_source(APP, STAGES, "Ingress")   # agents from ray.nodes()
-        t0 = time.time()
-        first = sm.window(t0 - 10, t0)
-        assert any("first window" in p for p in first.partial), first.partial
-        # Before any request: the replicas report (gauges), nothing counted.
-        time.sleep(1.0)
-        idle = sm.window(0, time.time())
-        assert idle.arrivals == 0 and all(s.arrivals == 0 for s in idle.stages.values())
-        n_ok, n_bad = 12, 2
-        codes = send(url, n_ok, n_bad)
-        assert sorted(codes) == [200] * n_ok + [500] * n_bad
-        ws = until_counted(lambda: sm.window(0, time.time()), n_ok + n_bad)
-        ing = [w.stages["Ingress"] for w in ws]
-        work = [w.stages["work"] for w in ws]
-        assert sum(s.arrivals for s in ing) == n_ok + n_bad
-        assert sum(s.completions for s in ing) == n_ok
-        assert sum(s.errors for s in ing) == n_bad
-        assert sum(s.arrivals for s in work) == sum(s.completions for s in work) == n_ok
-        assert sum(w.arrivals for w in ws) == n_ok + n_bad             # app = ingress
-        assert sum(w.completions for w in ws) == n_ok                  # at the HTTP proxy
-        assert sum(w.errors for w in ws) == n_bad
-        busy = [w for w in ws if w.stages["work"].completions > 0]
-        for w in busy:                                 # work sleeps 200 ms per request
-            sw = w.stages["work"]
-            assert 150 <= sw.p50_ms <= 500 and sw.p50_ms <= sw.p99_ms <= 1000, sw
-            assert sw.util > 0 and sw.replicas == 1 and sw.throughput_rps > 0
-        assert any(150 <= w.p50_ms <= 2000 for w in ws if w.completions > 0)
-        assert all(w.partial == () for w in ws), [w.partial for w in ws]
-        # Nothing more arrives: the next window is empty and idle.
-        time.sleep(2.5)
-        after = sm.window(0, time.time())
-        assert after.arrivals == 0 and after.stages["work"].completions == 0
-        assert after.stages["work"].ongoing == 0 and after.in_flight == 0
-        assert sm.usage["work"].rss_mb > 0
-        sm.close()
+    url, _port = plain
+    sm = serve_metrics_source(APP, STAGES, "Ingress")   # agents from ray.nodes()
+    t0 = time.time()
+    first = sm.window(t0 - 10, t0)
+    assert any("first window" in p for p in first.partial), first.partial
+    # Before any request: the replicas report (gauges), nothing counted.
+    time.sleep(1.0)
+    idle = sm.window(0, time.time())
+    assert idle.arrivals == 0 and all(s.arrivals == 0 for s in idle.stages.values())
+    n_ok, n_bad = 12, 2
+    codes = send(url, n_ok, n_bad)
+    assert sorted(codes) == [200] * n_ok + [500] * n_bad
+    ws = until_counted(lambda: sm.window(0, time.time()), n_ok + n_bad)
+    ing = [w.stages["Ingress"] for w in ws]
+    work = [w.stages["work"] for w in ws]
+    assert sum(s.arrivals for s in ing) == n_ok + n_bad
+    assert sum(s.completions for s in ing) == n_ok
+    assert sum(s.errors for s in ing) == n_bad
+    assert sum(s.arrivals for s in work) == sum(s.completions for s in work) == n_ok
+    assert sum(w.arrivals for w in ws) == n_ok + n_bad             # app = ingress
+    assert sum(w.completions for w in ws) == n_ok                  # at the HTTP proxy
+    assert sum(w.errors for w in ws) == n_bad
+    busy = [w for w in ws if w.stages["work"].completions > 0]
+    for w in busy:                                 # work sleeps 200 ms per request
+        sw = w.stages["work"]
+        assert 150 <= sw.p50_ms <= 500 and sw.p50_ms <= sw.p99_ms <= 1000, sw
+        assert sw.util > 0 and sw.replicas == 1 and sw.throughput_rps > 0
+    assert any(150 <= w.p50_ms <= 2000 for w in ws if w.completions > 0)
+    assert all(w.partial == () for w in ws), [w.partial for w in ws]
+    # Nothing more arrives: the next window is empty and idle.
+    time.sleep(2.5)
+    after = sm.window(0, time.time())
+    assert after.arrivals == 0 and after.stages["work"].completions == 0
+    assert after.stages["work"].ongoing == 0 and after.in_flight == 0
+    assert sm.usage["work"].rss_mb > 0
+    sm.close()
 
 
 class MiniProm:
@@ -149,28 +156,28 @@ class MiniProm:
 
 
 @pytest.mark.timeout(150)
-def test_prometheus_server_reader_counts_a_window_between_two_times() -> None:
+def test_prometheus_server_reader_counts_a_window_between_two_times(plain) -> None:
     from sair_ray.backends.serve_metrics import serve_metrics_source
 
-    with plain_app() as (url, port):
-        prom = MiniProm(f"127.0.0.1:{port}")
-        try:
-            with serve_http(prom.api.answer) as addr:
-                sm = serve_metrics_source(APP, STAGES, "Ingress",
-                                          prometheus_url=f"http://{addr}")
-                time.sleep(2.0)              # Ray's first push and a scrape of it
-                t0 = time.time()
-                assert send(url, 8) == [200] * 8
-                time.sleep(3.5)              # pushed (1 s) and scraped (0.5 s)
-                t1 = time.time()
-                w = sm.window(t0, t1)
-                assert (w.start, w.end) == (t0, t1) and w.partial == ()
-                assert w.stages["work"].completions == w.stages["Ingress"].arrivals == 8
-                assert w.completions == 8 and w.errors == 0
-                assert 150 <= w.stages["work"].p50_ms <= 500
-                assert w.arrival_rate == pytest.approx(8 / (t1 - t0))
-                assert all('application="plain"' in q for q, _ in prom.api.queries)
-                before = sm.window(t0 - 1.0, t0)                  # before the requests
-                assert before.stages["work"].completions == 0
-        finally:
-            prom.close()
+    url, port = plain
+    prom = MiniProm(f"127.0.0.1:{port}")
+    try:
+        with serve_http(prom.api.answer) as addr:
+            sm = serve_metrics_source(APP, STAGES, "Ingress",
+                                      prometheus_url=f"http://{addr}")
+            time.sleep(2.0)              # Ray's first push and a scrape of it
+            t0 = time.time()
+            assert send(url, 8) == [200] * 8
+            time.sleep(3.5)              # pushed (1 s) and scraped (0.5 s)
+            t1 = time.time()
+            w = sm.window(t0, t1)
+            assert (w.start, w.end) == (t0, t1) and w.partial == ()
+            assert w.stages["work"].completions == w.stages["Ingress"].arrivals == 8
+            assert w.completions == 8 and w.errors == 0
+            assert 150 <= w.stages["work"].p50_ms <= 500
+            assert w.arrival_rate == pytest.approx(8 / (t1 - t0))
+            assert all('application="plain"' in q for q, _ in prom.api.queries)
+            before = sm.window(t0 - 1.0, t0)                  # before the requests
+            assert before.stages["work"].completions == 0
+    finally:
+        prom.close()

@@ -257,10 +257,9 @@ class LearningConfig(_Validated):
 
     _key = "learning"
 
-    enabled: bool = _opt(False, "Keep the outcome table and arrival series and correct the "
-                         "policy's proposals with them (off: docs/algorithm.md §1-§9 only). "
-                         "Off by default until the published results are regenerated with "
-                         "it (its effect: docs/benchmarks.md, 'Learning').")
+    enabled: bool = _opt(True, "Keep the outcome table and arrival series and correct the "
+                         "policy's proposals with them (off: docs/algorithm.md §1-§9 only; "
+                         "its effect: docs/benchmarks.md, 'Learning').")
     bucket_base: float = _opt(1.5, "Load level ratio of the outcome table: bucket = "
                               "floor(log(lambda) / log(bucket_base)).", 1, 100, lo_open=True)
     n_min: int = _opt(3, "Windows meeting the SLA before an allocation counts as known good "
@@ -368,9 +367,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "global_frontier": {"reward.global_frontier": True},
     # not an ablation of §3-§4: the production guard on exploration, measured against §5
     "safe_exploration": {"exploration.safe": True},
-    # project extension (docs/algorithm.md §10): SAIR with the learned corrections (off by
-    # default), with foresight, and with the §5 random probes instead of directed ones
-    "learning": {"learning.enabled": True},
+    # project extension (docs/algorithm.md §10): SAIR without the learned corrections (§1-§9
+    # only), with foresight, and with the §5 random probes instead of directed ones
+    "no_learning": {"learning.enabled": False},
     "learning_foresight": {"learning.enabled": True, "learning.foresight": True},
     "learning_random_probes": {"learning.enabled": True, "learning.directed_probes": False},
 }

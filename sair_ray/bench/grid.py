@@ -131,6 +131,7 @@ class Scenario:
     settings: tuple[tuple[str, float], ...] = ()   # baseline constructor overrides
     profile: str = ""        # profile YAML path ("" = the shipped profile named `app`)
     workload: str = ""       # workload mapping as JSON ("" = the shipped pattern `pattern`)
+    config: str = ""         # SAIR config YAML for SAIR runs ("" = the defaults)
 
     @property
     def label(self) -> str:
@@ -365,10 +366,12 @@ def bench_config(seed: int) -> SAIRConfig:
     return SAIRConfig().replace(seed=seed, **PERMISSIVE_VALIDATOR)
 
 
-def sair_config(seed: int, variant: str = "") -> SAIRConfig:
-    """Config of a SAIR run: the defaults (docs/algorithm.md §7 validator included), the
-    ablation's overrides, and no fsync (the memory is a temporary directory thrown away after)."""
-    cfg = SAIRConfig().replace(seed=seed, **{"memory.fsync": False})
+def sair_config(seed: int, variant: str = "", config: str = "") -> SAIRConfig:
+    """Config of a SAIR run: the defaults (docs/algorithm.md §7 validator included) or the
+    `config` YAML, the ablation's overrides, and no fsync (the memory is a temporary
+    directory thrown away after)."""
+    base = SAIRConfig.from_yaml(config) if config else SAIRConfig()
+    cfg = base.replace(seed=seed, **{"memory.fsync": False})
     return with_ablation(cfg, variant) if variant else cfg
 
 
@@ -399,7 +402,7 @@ def run_one(sc: Scenario, log_dir: str | Path | None = None) -> dict[str, Any]:
     learns = registry.get(sc.method).learns
     if sc.variant and not learns:
         raise BenchError(f"ablation {sc.variant!r} given for baseline {sc.method!r}")
-    cfg = sair_config(sc.seed, sc.variant) if learns else bench_config(sc.seed)
+    cfg = sair_config(sc.seed, sc.variant, sc.config) if learns else bench_config(sc.seed)
     return run_scenario(sc, profile, workload, cfg, make_run_policy(sc, cfg, profile, workload),
                         learn=learns, log_path=log_path)
 

@@ -252,13 +252,15 @@ def _cheapest(xs: Sequence[Scored]) -> Scored:
 def regret_run(profile: Profile, workload: Workload, seed: int, method: str, hours: float,
                *, pattern: str = "", horizon_s: float = DEFAULT_HORIZON_S,
                search: bool = True, settings: Mapping[str, float] | None = None,
-               variant: str = "", max_rounds: int | None = None) -> RegretRun:
+               variant: str = "", max_rounds: int | None = None,
+               config: str = "") -> RegretRun:
     """Run `method` on the simulator as `sair bench` does (same config, memory, validator,
-    seed; `variant` a SAIR ablation, `settings` a baseline's overrides) and decompose every
-    round's regret. `max_rounds` stops early (tests)."""
+    seed; `variant` a SAIR ablation, `settings` a baseline's overrides, `config` a SAIR
+    config YAML, e.g. a policy endpoint) and decompose every round's regret. `max_rounds`
+    stops early (tests)."""
     t0 = time.perf_counter()
     learns = registry.get(method).learns
-    cfg = sair_config(seed, variant) if learns else bench_config(seed)
+    cfg = sair_config(seed, variant, config) if learns else bench_config(seed)
     sc = Scenario(profile.pipeline.name, pattern or "custom", seed, method, hours,
                   variant=variant if learns else "",
                   settings=tuple(sorted((settings or {}).items())))
@@ -458,7 +460,7 @@ def regret_scenario(sc: Scenario, *, horizon_s: float = DEFAULT_HORIZON_S,
     workload = scenario_workload(sc, profile)
     return regret_run(profile, workload, sc.seed, sc.method, sc.hours, pattern=sc.pattern,
                       horizon_s=horizon_s, search=search, settings=dict(sc.settings),
-                      variant=sc.variant, max_rounds=max_rounds)
+                      variant=sc.variant, max_rounds=max_rounds, config=sc.config)
 
 
 def run_regret(scenarios: Iterable[Scenario], *, horizon_s: float = DEFAULT_HORIZON_S,

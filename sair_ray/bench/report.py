@@ -114,7 +114,8 @@ def settings_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 SAIR_PREFIX = "sair"
 # clairvoyant: bounds, not something one can deploy
-DEPLOYED_EXCLUDED = ("oracle", "hindsight-oracle")
+HINDSIGHT = "hindsight-oracle"
+DEPLOYED_EXCLUDED = ("oracle", HINDSIGHT)
 ATTAIN = 0.99                     # steady SLA attainment a method must reach to count
 WITHIN = 1.05                     # "within 5 %" of the project's target
 
@@ -140,6 +141,7 @@ def versus(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ok = [m for m in deployed if m["sla_attainment_steady"] >= ATTAIN]
         best = min(deployed, key=lambda m: m["p99_steady_ms"])
         cheap = min(ok or deployed, key=lambda m: m["usd_per_1k_effective"])
+        hindsight = next((m for m in ms if m["method"] == HINDSIGHT), None)
         for m in ms:
             if not m["method"].startswith(SAIR_PREFIX):
                 continue
@@ -153,7 +155,10 @@ def versus(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "target_met": (att >= ATTAIN and p99 <= WITHIN * best["p99_steady_ms"]
                                and usd <= WITHIN * cheap["usd_per_1k_effective"]),
                 "dominated_by": [d["method"] for d in ok if d["p99_steady_ms"] <= p99
-                                 and d["usd_per_1k_effective"] <= usd]})
+                                 and d["usd_per_1k_effective"] <= usd],
+                "hindsight_attainment": (hindsight["sla_attainment_steady"]
+                                         if hindsight else None),
+                "hindsight_usd": hindsight["usd_per_1k_effective"] if hindsight else None})
     return out
 
 
@@ -161,18 +166,22 @@ def versus_markdown(rows: Sequence[dict[str, Any]]) -> str:
     vs = versus(rows)
     if not vs:
         return ""
+    hs = any(v["hindsight_usd"] is not None for v in vs)
     lines = ["| app | pattern | SAIR method | steady p99 ms | steady att. | $/1k eff. "
              "| best deployed p99 ms | cheapest deployed $/1k at >= 99 % | within 5 % of both "
-             "at >= 99 % | dominated by (>= 99 %) |",
-             "|---|---|---|---:|---:|---:|---|---|---|---|"]
+             "at >= 99 % | dominated by (>= 99 %) |"
+             + (" hindsight oracle att. / $/1k |" if hs else ""),
+             "|---|---|---|---:|---:|---:|---|---|---|---|" + ("---|" if hs else "")]
     for v in vs:
+        hcol = ("" if not hs else " - |" if v["hindsight_usd"] is None else
+                f" {v['hindsight_attainment']:.3f} / {v['hindsight_usd']:.4f} |")
         lines.append(
             f"| {v['app']} | {v['pattern']} | {v['method']} | {v['p99']:.0f} "
             f"| {v['attainment']:.3f} | {v['usd']:.4f} "
             f"| {v['best_p99']:.0f} ({v['best_p99_method']}) "
             f"| {v['cheapest']:.4f} ({v['cheapest_method']}) "
             f"| {'yes' if v['target_met'] else 'no'} "
-            f"| {', '.join(v['dominated_by']) or '-'} |")
+            f"| {', '.join(v['dominated_by']) or '-'} |" + hcol)
     by: dict[str, list[dict[str, Any]]] = {}
     for v in vs:
         by.setdefault(v["method"], []).append(v)
@@ -182,6 +191,15 @@ def versus_markdown(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"\n{method}: within 5 % of both in {met} of {len(xs)} cells; at >= 99 % "
                      f"attainment and dominated by no baseline that meets it in {front} of "
                      f"{len(xs)}.")
+        paired = [x for x in xs if x["hindsight_usd"] is not None]
+        if paired:
+            ratio = (sum(x["usd"] for x in paired) / len(paired)) / (
+                sum(x["hindsight_usd"] for x in paired) / len(paired))
+            at_least = sum(x["attainment"] >= x["hindsight_attainment"] - 0.001
+                           for x in paired)
+            lines.append(f"Against the hindsight oracle ({len(paired)} cells): mean effective "
+                         f"$/1k {ratio:.2f}x its mean; steady attainment at least its own "
+                         f"(within 0.001) in {at_least} of {len(paired)}.")
     return "\n".join(lines) + "\n"
 
 

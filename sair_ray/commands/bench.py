@@ -91,6 +91,12 @@ def bench(
                          "regret_records.parquet and regret_summary.md to --out.")] = False,
     horizon: Annotated[float, typer.Option(
         help="Longer horizon of --regret, seconds.", min=30)] = 300.0,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A SAIR config YAML for the SAIR methods' runs instead of the "
+                         "defaults (ablations apply on top; the seed is the run's), e.g. "
+                         "policy.backend/url/model to bench or --regret a policy endpoint "
+                         "(vLLM or any OpenAI-compatible server). Baselines ignore it.")
+        ] = None,
 ) -> None:
     """Run methods x apps x patterns x seeds on the simulator; write results.parquet,
     results.md (means over seeds) and figures to --out. Ctrl-C stops and keeps finished
@@ -117,6 +123,8 @@ def bench(
     grid = _build_grid(apps=apps, patterns=patterns, workloads=workload, methods=methods,
                        ablation=ablation, sweep=sweep, seeds=seeds, hours=hours,
                        tuning_seed=tuning_seed, tuned=tuned, untuned=untuned)
+    if config is not None:
+        grid = _with_config(grid, config)
     if regret:
         _regret(grid, horizon, out_dir)
         return
@@ -229,6 +237,20 @@ def _build_grid(*, apps: list[str] | None, patterns: list[str] | None,
                           workloads=wls)
     except (BenchError, ValueError) as e:
         fail(str(e))
+
+
+def _with_config(grid: list[Scenario], path: Path) -> list[Scenario]:
+    """The grid with every run reading `path` (checked here, once, so a bad file is one
+    clear error rather than a failure per run)."""
+    import dataclasses
+
+    from sair_ray.config import ConfigError, SAIRConfig
+
+    try:
+        SAIRConfig.from_yaml(path)
+    except (ConfigError, OSError, ValueError) as e:
+        fail(f"--config {path}: {e}")
+    return [dataclasses.replace(sc, config=str(path.resolve())) for sc in grid]
 
 
 def _note_workloads(wls: list[BenchWorkload], hours: float) -> None:

@@ -171,9 +171,9 @@ def test_no_learner_without_episodes() -> None:
     from sair_ray.policy.retrieval_only import RetrievalOnlyPolicy
 
     be = SimBackend("nlp_analysis", seed=0)
-    on = ABLATIONS["learning"]
-    for changes, expect in ((on, True), ({**on, **ABLATIONS["no_icl"]}, False),
-                            (ABLATIONS["full"], False)):   # off by default
+    for changes, expect in ((ABLATIONS["full"], True),     # on by default
+                            (ABLATIONS["no_icl"], False),
+                            (ABLATIONS["no_learning"], False)):
         cfg = SAIRConfig().replace(**changes)
         ablation = changes
         mem = ExperienceMemory.__new__(ExperienceMemory)  # never touched: only not None

@@ -86,7 +86,9 @@ def runtime_env(
     build cache) on this machine; on a multi-node cluster run
     ``python -m cuda_tb.build`` on every node first so the same path exists there,
     or pass ``shim_path``. The sockets are created with mode 0600; a ``socket_dir``
-    that does not exist yet is created with mode 0700.
+    that does not exist yet is created with mode 0700. The shim opens no control socket
+    in a directory another user owns or can write to (anyone who can write there could
+    take the socket's place), so such a ``socket_dir`` is refused here already.
     """
     if rate is not None and not 0.1 <= float(rate) <= 1.0:
         raise ValueError(f"rate must be in [0.1, 1], got {rate}")
@@ -101,10 +103,17 @@ def runtime_env(
         )
     if not directory.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        # Only a directory made here is narrowed: socket_dir may be shared (even /tmp).
         os.chmod(directory, 0o700)
     elif not directory.is_dir():
         raise ValueError(f"socket_dir {str(directory)!r} exists and is not a directory")
+    else:  # what the shim checks before it opens its socket (cuda_tb/src/control.c)
+        st = directory.stat()
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise ValueError(
+                f"socket_dir {str(directory)!r} is owned by uid {st.st_uid} with mode "
+                f"{st.st_mode & 0o777:03o}: the shim opens its control socket only in a "
+                "directory of this user's own that no one else can write to; use a new "
+                "directory (created with mode 0700), e.g. /tmp/sair-gpu")
     if shim_path is None:
         from cuda_tb.build import build_shim
 

@@ -16,6 +16,9 @@ log's files oldest first, `read_all` reads them in that order.
 A write that fails (a full disk) raises, so the host counts its round as failed; the
 file is closed, and the next write first cuts whatever part of the failed line reached
 the disk, so the log stays one JSON record per line.
+
+The files are the user's own (mode 0600, a missing directory is made 0700:
+`sair_ray.files`): records carry the model's replies and the pipeline's metrics.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from sair_ray.files import private_dir, private_open
 
 
 def _clean(x: Any) -> Any:
@@ -92,7 +97,7 @@ class DecisionLog:
         self.max_bytes, self.max_files = DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES
         self.set_rotation(max_bytes, max_files)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             self._open()
 
     def set_rotation(self, max_bytes: int, max_files: int) -> None:
@@ -105,7 +110,7 @@ class DecisionLog:
     def _open(self) -> None:
         assert self.path is not None
         _drop_torn_tail(self.path)  # also what a failed write left
-        self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - open for its lifetime
+        self._f = private_open(self.path, "ab", buffering=0)  # 0600; open for its lifetime
         self._size = os.fstat(self._f.fileno()).st_size
 
     def write(self, kind: str, record: dict[str, Any]) -> None:

@@ -11,6 +11,9 @@ On-disk layout of one app's memory directory::
                                     opening need not rebuild them (memory_snapshot.py)
     LOCK                            flock'ed by the one process that writes this memory
 
+The directories are 0700 and the files 0600 (`sair_ray.files.private_dir`): the contexts
+and actions are the pipeline's operating history.
+
 Durability: `add` returns only after the journal line is written and flushed to the OS
 (and fsync'ed when `memory.fsync` is true, the default), so an acknowledged experience
 survives a crash of the process (and, with fsync, of the machine). A torn final journal
@@ -65,6 +68,7 @@ import pyarrow.parquet as pq
 from sair_ray import memory_snapshot as snapshot
 from sair_ray.config import MemoryConfig, RewardConfig
 from sair_ray.embedding import PHI_VERSION
+from sair_ray.files import private_dir, private_open
 from sair_ray.types import Experience
 
 log = logging.getLogger(__name__)
@@ -257,7 +261,7 @@ class _Journal:
     def __init__(self, path: Path, fsync: bool) -> None:
         self.path = path
         self.fsync = fsync
-        self._f = open(path, "ab")  # noqa: SIM115 - kept open for the memory's lifetime
+        self._f = private_open(path, "ab")  # kept open for the memory's lifetime
 
     @staticmethod
     def encode(row: dict[str, Any]) -> bytes:
@@ -306,10 +310,11 @@ class _Journal:
         """Atomically replace the journal with an empty one."""
         self._f.close()
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(b"")
+        with private_open(tmp, "wb"):
+            pass
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
-        self._f = open(self.path, "ab")  # noqa: SIM115
+        self._f = private_open(self.path, "ab")
 
     def close(self) -> None:
         self._f.close()
@@ -324,9 +329,9 @@ class ExperienceMemory:
         self.cfg = cfg or MemoryConfig()
         self.loo_k = loo_k
         self.background_rebuild_rows = background_rebuild_rows
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "segments").mkdir(exist_ok=True)
-        self._lock = open(self.path / "LOCK", "w")  # noqa: SIM115
+        private_dir(self.path, tighten=True)
+        private_dir(self.path / "segments", tighten=True)
+        self._lock = private_open(self.path / "LOCK", "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -780,8 +785,9 @@ class ExperienceMemory:
         num = max(nums, default=0) + 1
         final = seg_dir / f"seg-{num:08d}.parquet"
         tmp = seg_dir / f".{final.name}.tmp"
-        pq.write_table(t, tmp)
-        with open(tmp, "rb") as f:
+        with private_open(tmp, "wb") as f:
+            pq.write_table(t, f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(seg_dir)

@@ -40,6 +40,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from sair_ray.files import private_open
+
 FILENAME = "snapshot.bin"
 MAGIC = b"SAIRSNP1"
 FORMAT = 1
@@ -93,7 +95,7 @@ def write(path: Path, key: dict[str, Any], vectors: np.ndarray, nbr: np.ndarray,
                        "sections": layout}).encode()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with private_open(tmp, "wb") as f:
             f.write(_HEADER.pack(MAGIC, len(body), zlib.crc32(body)))
             f.write(body)
             for a in sections.values():

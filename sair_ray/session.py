@@ -5,7 +5,8 @@ resumes it from the saved state (`state.json`), runs its rounds and saves after 
 closes controller, memory and policy in that order. The live actor (`live/loop.py`), the
 Kubernetes operator (`operator/runner.py`) and the bench (`bench/grid.py`) host it; they
 differ only in where the files are (`ControllerFiles`, or none) and in how they keep time,
-for which `RoundTimer` is the one schedule of real-time hosts.
+for which `RoundTimer` is the one schedule of real-time hosts and `SteadyClock` their
+clock (the bench runs in simulated time).
 
 A round (`Session.tick`) is: adopt what others changed in the pipeline (backends that can
 tell, `AdoptsExternalChanges`), `Controller.tick`, move the backend's events to the
@@ -20,6 +21,7 @@ process that dies between acting and saving is settled at the next start (see
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,6 +43,42 @@ STATE_VERSION = 1
 
 # (kind in the decision log, event) for every backend event a round drains
 EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class SteadyClock:
+    """The clock of a real-time host: wall-clock seconds that never jump. It reads the
+    wall clock once, when made, and adds the monotonic time elapsed since, so a step of the
+    system clock (NTP, a VM resumed, an operator's `date -s`) moves neither the round
+    schedule (`RoundTimer`) nor the cooldowns the validator counts from round times, and
+    round times stay close to the wall clock for the records (decision log, state.json).
+
+    What is stamped by other processes (the replicas' metrics, the plan Serve-native
+    deployments check for staleness) is on their wall clock: `wall_offset()` is what to add
+    to a time of this clock to get there. It is 0 until the system clock has stepped by
+    more than `STEP_S` (the two clocks are read a few microseconds apart, so a smaller
+    difference is noise, and a window a fraction of a second off changes nothing).
+    """
+
+    STEP_S = 1.0
+
+    def __init__(self, wall: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._origin = wall() - monotonic()
+
+    def __call__(self) -> float:
+        return self._origin + self._monotonic()
+
+    def wall_offset(self) -> float:
+        off = self._wall() - self()
+        return off if abs(off) > self.STEP_S else 0.0
+
+
+def wall_offset_of(clock: Callable[[], float]) -> Callable[[], float] | None:
+    """The clock's `wall_offset` when it is a `SteadyClock`; None for a plain clock (a
+    test's, or `time.time`), whose times are taken as wall-clock times."""
+    return clock.wall_offset if isinstance(clock, SteadyClock) else None
 
 
 @dataclass
@@ -85,6 +123,7 @@ class Session:
         self.restored_round: int | None = None
         self.interrupted_rounds = 0   # rounds a crash cut off mid-apply, found at start
         self._journal = files.intent if journal else None
+        files.prepare()   # the controller's directory: 0700, narrowed if it is wider
         memory = None
         if learns and files.memory is not None:
             memory = ExperienceMemory(files.memory, phi_dim(len(backend.pipeline.stages)),

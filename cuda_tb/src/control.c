@@ -11,6 +11,12 @@
  *   anything else             -> ERR <reason>
  *
  * The same thread keeps the GPU utilisation estimate (see util_tick).
+ *
+ * The socket's directory must be this user's alone (socket_dir_ok): a missing
+ * one is created 0700, an existing one must be a directory owned by this
+ * process's effective uid and writable by nobody else. Otherwise the control
+ * socket is not opened (a line on stderr says why) and the process runs on at
+ * its start-up rate.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -113,6 +119,67 @@ static int is_stale(const struct sockaddr_un *addr)
     int err = errno;
     close(fd);
     return r != 0 && err == ECONNREFUSED;
+}
+
+/* Whoever can write to the socket's directory can replace the socket, or bind
+ * its name first, and so take the control channel (set the rate, feed fake
+ * stats). Returns 1 if the directory of `path` is safe, creating it (0700) if
+ * it is missing; logs why not and returns 0 otherwise. */
+static int socket_dir_ok(const char *path)
+{
+    char dir[sizeof g_path];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    uid_t me = geteuid();
+    struct stat st;
+    if (lstat(dir, &st) != 0) {
+        if (errno != ENOENT) {
+            tb_log(1, "control socket disabled: cannot check %s: %s", dir, strerror(errno));
+            return 0;
+        }
+        if (mkdir(dir, S_IRWXU) == 0) {
+            if (chmod(dir, S_IRWXU) != 0)  /* the umask may have narrowed it further */
+                tb_log(3, "chmod(%s): %s", dir, strerror(errno));
+        } else if (errno != EEXIST) {  /* EEXIST: another process made it meanwhile */
+            tb_log(1, "control socket disabled: cannot create %s: %s", dir, strerror(errno));
+            return 0;
+        }
+        if (lstat(dir, &st) != 0) {
+            tb_log(1, "control socket disabled: cannot check %s: %s", dir, strerror(errno));
+            return 0;
+        }
+    }
+    if (S_ISLNK(st.st_mode)) {
+        /* A link is followed only if it is ours (someone else's could be re-pointed). */
+        if (st.st_uid != me || stat(dir, &st) != 0) {
+            tb_log(1, "control socket disabled: %s is a symbolic link not owned by uid %u "
+                   "or pointing nowhere", dir, (unsigned)me);
+            return 0;
+        }
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        tb_log(1, "control socket disabled: %s is not a directory", dir);
+        return 0;
+    }
+    if (st.st_uid != me) {
+        tb_log(1, "control socket disabled: %s is owned by uid %u, not by this process's "
+               "uid %u; use a directory of this user's own (e.g. a new one, which the shim "
+               "creates with mode 0700)", dir, (unsigned)st.st_uid, (unsigned)me);
+        return 0;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        tb_log(1, "control socket disabled: %s is writable by group or others (mode %03o); "
+               "chmod go-w it or use a directory of this user's own", dir,
+               (unsigned)(st.st_mode & 0777));
+        return 0;
+    }
+    return 1;
 }
 
 static int make_listener(const char *path)
@@ -445,6 +512,8 @@ static void *control_main(void *arg)
         tb_log(1, "control socket path too long; control socket disabled");
         return NULL;
     }
+    if (!socket_dir_ok(path))
+        return NULL;
     int fd = make_listener(path);
     if (fd < 0)
         return NULL;

@@ -23,8 +23,8 @@ per-stage drops) and builds its own `Context` (`sair_ray.sim.metrics.WindowMetri
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from sair_ray.types import Context, PipelineSpec, StageAllocation, StageObservation
@@ -84,6 +84,28 @@ class MetricsSource(Protocol):
     def window(self, start: float, end: float) -> AppWindow:
         """Metrics over [start, end) (the backend's clock: wall-clock seconds when live)."""
         ...
+
+
+class WallWindows:
+    """A source stamped with the wall clock (what replicas and Prometheus record), read by
+    a host whose round times come from a `sair_ray.session.SteadyClock`: each window is
+    asked for at the round's times plus `wall_offset()` (0 until the system clock has
+    stepped), and comes back with the round's times, so the controller's clock and the
+    replicas' can drift apart without the windows going empty."""
+
+    def __init__(self, inner: MetricsSource, wall_offset: Callable[[], float]) -> None:
+        self.inner = inner
+        self.wall_offset = wall_offset
+
+    def __repr__(self) -> str:
+        return f"WallWindows({self.inner!r})"
+
+    def window(self, start: float, end: float) -> AppWindow:
+        off = self.wall_offset()
+        if off == 0.0:
+            return self.inner.window(start, end)
+        w = self.inner.window(start + off, end + off)
+        return replace(w, start=w.start - off, end=w.end - off)
 
 
 @runtime_checkable

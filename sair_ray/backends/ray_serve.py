@@ -40,8 +40,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sair_ray import net
 from sair_ray.backends.gpu_rate import GpuRates, ReplicaShim
-from sair_ray.backends.metrics import MetricsSource, context_from_window
+from sair_ray.backends.metrics import MetricsSource, WallWindows, context_from_window
 from sair_ray.config import PipelineConfig
 from sair_ray.discovery import DiscoveryError, discover_pipeline, ingress_of, parse_stage_list
 from sair_ray.profiles import Profile, ProfileError, list_profiles, load_pipeline
@@ -78,7 +79,9 @@ class DashboardUnreachable(ServeAdminError):
 
 # -- the dashboard REST API ---------------------------------------------------------------
 class ServeAdmin:
-    """Minimal client of the Serve REST API on the Ray dashboard (stdlib HTTP only)."""
+    """Minimal client of the Serve REST API on the Ray dashboard (stdlib HTTP only). The
+    Ray token (clusters with token authentication) goes only over https or to this
+    machine, and never along a redirect to another host (`sair_ray.net`)."""
 
     # A config PUT makes the dashboard validate and hand the whole config to the Serve
     # controller; on 2 busy cores that took over 10 s. A round is 30 s, so wait up to 30.
@@ -97,8 +100,10 @@ class ServeAdmin:
                                      headers={"Content-Type": "application/json",
                                               **_ray_auth_headers()})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with net.urlopen(req, timeout=self.timeout_s) as resp:
                 text = resp.read().decode() or "null"
+        except net.InsecureURL as e:   # the Ray token, in clear text to another host
+            raise ServeAdminError(f"{e} (the Ray auth token)") from None
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:500]
             raise ServeAdminError(f"{method} {self.url}{path} -> HTTP {e.code}: {detail}") from None
@@ -326,7 +331,9 @@ class RayServeBackend:
     `pipeline:` section of the SAIR config (SLA, stage order, metrics source).
     `metrics`: a `MetricsSource` (default: chosen by `options.metrics`). `resources`:
     returns (total, available) Ray resources (default: `ray.cluster_resources()`,
-    `ray.available_resources()`).
+    `ray.available_resources()`). `wall_offset`: added to a round's times to read the
+    metrics, which the replicas stamp with the wall clock (a host on a
+    `sair_ray.session.SteadyClock` passes its `wall_offset`).
     """
 
     def __init__(self, app: str, *, profile: Profile | str | Path | None = None,
@@ -335,8 +342,10 @@ class RayServeBackend:
                  metrics: MetricsSource | None = None,
                  resources: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]]
                  | None = None,
-                 history: int = 200) -> None:
+                 history: int = 200,
+                 wall_offset: Callable[[], float] | None = None) -> None:
         self.app = app
+        self._wall_offset = wall_offset
         self.options = options or PipelineConfig()
         self.admin = admin or ServeAdmin(dashboard_url or discover_dashboard_url())
         self._resources = resources or _ray_resources
@@ -449,7 +458,9 @@ class RayServeBackend:
     @property
     def metrics(self) -> MetricsSource:
         if self._metrics is None:
-            self._metrics = self._metrics_source()
+            source = self._metrics_source()
+            self._metrics = (WallWindows(source, self._wall_offset)
+                             if self._wall_offset is not None else source)
         return self._metrics
 
     def _metrics_source(self) -> MetricsSource:

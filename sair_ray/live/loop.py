@@ -4,9 +4,11 @@
 its memory, state.json, decision log and the write-ahead record of each apply), then what
 only a live run keeps: Prometheus metrics and the recent decisions, external changes and
 actuation errors that `status()` / `decisions()` report. `LiveLoop.run(stop)` repeats it
-on the `RoundTimer` of `loop.decision_interval_s` of wall-clock time until `stop` is set;
-it is the one place in `sair_ray` (with the actor that hosts it and the operator) that
-waits on real time.
+on the `RoundTimer` of `loop.decision_interval_s` of real time until `stop` is set; it is
+the one place in `sair_ray` (with the actor that hosts it and the operator) that waits on
+real time. Its clock is a `SteadyClock` (the wall clock at start plus the monotonic time
+since), so a step of the system clock neither stalls nor skips rounds and cooldowns; the
+replicas' metrics and the published plan stay on the wall clock (`wall_offset`).
 
 A round that fails (metrics actor not up yet, dashboard unreachable, app redeployed without
 a stage, a full disk under the data dir, any other exception) is logged with its cause and
@@ -19,6 +21,7 @@ seconds; the first round that succeeds ends the backoff.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -35,7 +38,7 @@ from sair_ray.decision import Decision
 from sair_ray.files import ControllerFiles, app_data_dir
 from sair_ray.metrics_export import make_exporter, safe_record
 from sair_ray.serve import Plan, publish_plan, read_modes
-from sair_ray.session import RoundTimer, Session
+from sair_ray.session import RoundTimer, Session, SteadyClock, wall_offset_of
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +87,20 @@ def summarize(d: Decision) -> dict[str, Any]:
 
 class LiveLoop:
     """One attached app. `backend_factory` builds the Backend (default: RayServeBackend);
-    tests and the demo can pass their own. `clock` is wall-clock seconds."""
+    tests and the demo can pass their own. `clock`: round times in seconds (default: a
+    `SteadyClock`; a plain callable's times are taken as wall-clock times)."""
 
     def __init__(self, opts: LiveOptions, *,
                  backend_factory: Callable[[LiveOptions], Any] | None = None,
-                 clock: Callable[[], float] = time.time, history: int = 200) -> None:
+                 clock: Callable[[], float] | None = None, history: int = 200) -> None:
         self.opts = opts
         self.cfg = opts.sair_config()
         self.dir = app_data_dir(opts.app, opts.data_dir)
         self.files = ControllerFiles.in_dir(self.dir)
-        self.clock = clock
-        self._backend_factory = backend_factory or ray_serve_backend
+        self.clock: Callable[[], float] = clock if clock is not None else SteadyClock()
+        self._wall_offset = wall_offset_of(self.clock)
+        self._backend_factory = backend_factory or functools.partial(
+            ray_serve_backend, wall_offset=self._wall_offset)
         self.session: Session | None = None
         self.policy_name = opts.policy
         self.recent: deque[dict[str, Any]] = deque(maxlen=history)
@@ -105,7 +111,7 @@ class LiveLoop:
         self.rounds_failed = 0
         self.failed_streak = 0    # failed rounds since the last one that succeeded
         self.last_error = ""
-        self.started_at = clock()
+        self.started_at = self.clock()
         self.cpu_s = 0.0          # thread CPU time spent in rounds (policy included)
         self.decide_ms = 0.0      # wall time in the policy (the LLM, for SAIR)
         self._lock = threading.Lock()
@@ -203,7 +209,8 @@ class LiveLoop:
             self.decide_ms += d.timings_ms.get("decide", 0.0)
             self.recent.append(summarize(d))
         self.last_error = d.error
-        self.plan = Plan(self.opts.app, d.round, now, self.cfg.loop.decision_interval_s,
+        self.plan = Plan(self.opts.app, d.round, self._wall(now),
+                         self.cfg.loop.decision_interval_s,
                          {name: t.replicas for name, t in d.targets.items()})
         self._publish(self.plan)
         self._note_serve_modes()
@@ -242,10 +249,16 @@ class LiveLoop:
         # rather than after the plan goes stale.
         last = self.plan
         self.plan = Plan(self.opts.app, last.round if last else -1,
-                         last.time if last else now, self.cfg.loop.decision_interval_s,
+                         last.time if last else self._wall(now),
+                         self.cfg.loop.decision_interval_s,
                          dict(last.targets) if last else {},
                          failing=self.last_error or "round failed")
         self.publish(self.plan)
+
+    def _wall(self, now: float) -> float:
+        """Round time `now` on the wall clock: the plan is read by the replicas, whose
+        staleness check uses their own wall clock."""
+        return now + (self._wall_offset() if self._wall_offset is not None else 0.0)
 
     def retry_delay(self) -> float:
         """Seconds until the next round: the interval, or after `BACKOFF_AFTER` failed
@@ -330,9 +343,12 @@ def _serve_modes(app: str) -> dict[str, Any] | None:
         return {"error": repr(e)}
 
 
-def ray_serve_backend(opts: LiveOptions) -> Any:
+def ray_serve_backend(opts: LiveOptions,
+                      wall_offset: Callable[[], float] | None = None) -> Any:
+    """The app's RayServeBackend; `wall_offset`: the loop's `SteadyClock.wall_offset`,
+    so the replicas' metrics (wall-clock stamped) are read at the right times."""
     from sair_ray.backends.ray_serve import RayServeBackend
 
     return RayServeBackend(opts.app, profile=opts.profile,
                            options=opts.sair_config().pipeline,
-                           dashboard_url=opts.dashboard_url)
+                           dashboard_url=opts.dashboard_url, wall_offset=wall_offset)

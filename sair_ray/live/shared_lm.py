@@ -21,7 +21,6 @@ from typing import Any
 
 from sair_ray.config import PolicyConfig
 from sair_ray.policy.lm import (
-    EMBEDDED_KEY,
     EMBEDDED_MODEL_NAME,
     START_TIMEOUT_S,
     EmbeddedServer,
@@ -48,6 +47,10 @@ class LMHost:
             log.warning("the shared policy model server is gone; restarting it")
             self.server.start()
         return self.server.url
+
+    def endpoint(self) -> tuple[str, str]:
+        """The server's URL and API key (the server refuses requests without it)."""
+        return self.url(), self.server.api_key
 
     def pid(self) -> int | None:
         proc = self.server._proc
@@ -78,7 +81,7 @@ def shared_endpoint(cfg: PolicyConfig, timeout_s: float = START_TIMEOUT_S + 60
         num_cpus=0, max_restarts=-1, resources={HEAD_RESOURCE: 0.001},
         max_concurrency=8).remote(str(path))
     try:
-        url = ray.get(host.url.remote(), timeout=timeout_s)
+        url, key = ray.get(host.endpoint.remote(), timeout=timeout_s)
     except Exception as e:  # the server did not start (see its actor's log)
         raise LMUnavailable(f"the shared policy model server did not start: {e}") from e
-    return Endpoint(url, EMBEDDED_MODEL_NAME, EMBEDDED_KEY, supports_schema=True)
+    return Endpoint(url, EMBEDDED_MODEL_NAME, key, supports_schema=True)

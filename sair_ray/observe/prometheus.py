@@ -33,6 +33,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from sair_ray import net
+
 Labels = tuple[tuple[str, str], ...]          # sorted (name, value) pairs
 Series = dict[Labels, float]                  # one family: labels -> value
 Match = Mapping[str, str | Callable[[str], bool]]
@@ -265,7 +267,7 @@ def _inc(before: float, after: float) -> float:
 # -- readers -----------------------------------------------------------------------------------
 def _get(url: str, timeout_s: float) -> str:
     req = urllib.request.Request(url, headers={"Accept": "text/plain"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+    with net.urlopen(req, timeout=timeout_s) as resp:
         return resp.read().decode("utf-8", errors="replace")
 
 
@@ -386,6 +388,11 @@ class PrometheusServer:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
+        if net.has_credentials(self.headers):   # https or this machine only (sair_ray.net)
+            try:
+                net.check_credentials_url(self.url, "the Prometheus credentials")
+            except net.InsecureURL as e:
+                raise MetricsReadError(str(e)) from None
 
     def __repr__(self) -> str:
         return f"PrometheusServer({self.url!r})"
@@ -395,7 +402,7 @@ class PrometheusServer:
         qs = urllib.parse.urlencode({"query": promql, "time": f"{t:.3f}"})
         req = urllib.request.Request(f"{self.url}/api/v1/query?{qs}", headers=self.headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with net.urlopen(req, timeout=self.timeout_s) as resp:
                 body = resp.read().decode()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300]

@@ -38,6 +38,7 @@ from sair_ray.backends.kubernetes import (
 )
 from sair_ray.operator.runner import ResourceRunner, build_runner
 from sair_ray.operator.spec import GROUP, PLURAL, VERSION, AutoscalerSpec, OperatorTrust
+from sair_ray.session import SteadyClock, wall_offset_of
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,16 @@ def _iso(t: float) -> str:
 
 class Operator:
     def __init__(self, api_client: Any, *, namespace: str | None = None,
-                 data_dir: Path | None = None, clock: Callable[[], float] = time.time,
+                 data_dir: Path | None = None, clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], None] = time.sleep,
                  watch_timeout_s: float = 60.0, trust: OperatorTrust | None = None,
                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         """`api_client`: a `kubernetes.client.ApiClient`. `namespace` None watches every
         namespace (needs the ClusterRole variant of the RBAC). `trust`: what resources may
         name beyond their namespace (default: nothing). `request_timeout_s`: the limit of
-        every Kubernetes call but the watch (whose limit is its own timeout + 10 s)."""
+        every Kubernetes call but the watch (whose limit is its own timeout + 10 s).
+        `clock`: round times (default: a `SteadyClock`, so that a step of the system clock
+        neither stalls nor skips rounds and cooldowns)."""
         if not request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
         from kubernetes import client
@@ -66,7 +69,9 @@ class Operator:
         self.apps = client.AppsV1Api(api_client)
         self.namespace = namespace
         self.data_dir = data_dir
-        self.clock, self.sleep = clock, sleep
+        self.clock: Callable[[], float] = clock if clock is not None else SteadyClock()
+        self.sleep = sleep
+        self._wall_offset = wall_offset_of(self.clock)
         self.watch_timeout_s = watch_timeout_s
         self.trust = trust if trust is not None else OperatorTrust()
         self.request_timeout_s = request_timeout_s
@@ -102,7 +107,7 @@ class Operator:
                                             request_timeout_s=t),
                 deployment_store=lambda ns, name: KubeDeployment(self.apps, ns, name,
                                                                  request_timeout_s=t),
-                data_dir=self.data_dir)
+                data_dir=self.data_dir, wall_offset=self._wall_offset)
         except Exception as e:  # a bad resource is reported on it, never fatal
             msg = f"{type(e).__name__}: {e}"
             log.error("%s/%s not started: %s", *key, msg)
@@ -149,7 +154,8 @@ class Operator:
         for key, runner in list(self.runners.items()):
             if runner.due(now):
                 runner.tick(now)
-                self._write_status(key, runner.status(_iso(now)))
+                wall = now + (self._wall_offset() if self._wall_offset else 0.0)
+                self._write_status(key, runner.status(_iso(wall)))
 
     def _write_status(self, key: Key, status: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException

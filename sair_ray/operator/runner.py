@@ -24,10 +24,10 @@ from sair_ray.backends.kubernetes import (
     PatchRecord,
     ServeTarget,
 )
-from sair_ray.backends.metrics import MetricsSource
+from sair_ray.backends.metrics import MetricsSource, WallWindows
 from sair_ray.controller import Controller
 from sair_ray.decision import Decision
-from sair_ray.files import ControllerFiles
+from sair_ray.files import ControllerFiles, path_component
 from sair_ray.operator.metrics import RayMetrics, ServePrometheusMetrics, SimulatedMetrics
 from sair_ray.operator.spec import AutoscalerSpec
 from sair_ray.session import RoundTimer, Session
@@ -151,10 +151,13 @@ class ResourceRunner:
 def build_runner(spec: AutoscalerSpec, *, now: float, rayservice: ObjectStore | None,
                  deployment_store: Callable[[str, str], ObjectStore],
                  data_dir: Path | None = None, policy_name: str | None = None,
-                 profile: str | None = None) -> ResourceRunner:
+                 profile: str | None = None,
+                 wall_offset: Callable[[], float] | None = None) -> ResourceRunner:
     """Everything one PipelineAutoscaler needs. With a `data_dir`, the controller's state
     and decision log live in `resource_dir(data_dir, ns, name)` and SAIR's policies learn
-    into its `memory/`; a rebuilt or restarted runner resumes from them."""
+    into its `memory/`; a rebuilt or restarted runner resumes from them. `wall_offset`:
+    the operator's `SteadyClock.wall_offset`, so that live metrics (stamped with the wall
+    clock) are read at the right times after the system clock has stepped."""
     info = policy_of(spec, policy_name)
     try:
         policy = info.build(spec.config, spec.pipeline)
@@ -162,8 +165,10 @@ def build_runner(spec: AutoscalerSpec, *, now: float, rayservice: ObjectStore | 
         raise RunnerError(f"policy {policy_name or spec.policy.name!r}: {e}") from None
     backend = make_backend(spec, rayservice, deployment_store)
     # A simulator starts from what the cluster declares, so both agree from round one.
-    backend.metrics = make_metrics(spec, start=now, allocation=backend.allocation(),
-                                   profile=profile)
+    metrics = make_metrics(spec, start=now, allocation=backend.allocation(), profile=profile)
+    if wall_offset is not None and not isinstance(metrics, SimulatedMetrics):
+        metrics = WallWindows(metrics, wall_offset)   # the simulator keeps the round times
+    backend.metrics = metrics
     files = (ControllerFiles.in_dir(resource_dir(data_dir, *spec.key))
              if data_dir is not None else ControllerFiles())
     session = Session(backend, policy, spec.config, learns=info.learns,
@@ -176,5 +181,6 @@ def build_runner(spec: AutoscalerSpec, *, now: float, rayservice: ObjectStore | 
 
 
 def resource_dir(data_dir: Path, namespace: str, name: str) -> Path:
-    """`<data dir>/k8s/<namespace>/<name>/`, laid out as `ControllerFiles` says."""
-    return Path(data_dir) / "k8s" / namespace / name
+    """`<data dir>/k8s/<namespace>/<name>/`, laid out as `ControllerFiles` says (each name
+    one path component: `sair_ray.files.path_component`)."""
+    return Path(data_dir) / "k8s" / path_component(namespace) / path_component(name)

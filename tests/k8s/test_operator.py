@@ -162,3 +162,10 @@ def test_all_namespaces_runs_one_controller_per_resource(apiserver: ApiServer,
     assert any(r.path == "/apis/sair-ray.io/v1alpha1/pipelineautoscalers"
                for r in apiserver.store.requests)
     op.close()
+
+
+def test_the_operator_keeps_time_on_a_steady_clock(running: Operator) -> None:
+    """Round times and cooldowns come from a SteadyClock (an NTP step moves neither)."""
+    from sair_ray.session import SteadyClock
+
+    assert isinstance(running.clock, SteadyClock)

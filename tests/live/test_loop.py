@@ -198,3 +198,37 @@ def test_every_round_publishes_the_plan_for_serve_native_mode(tmp_path) -> None:
     assert "dashboard down" in failing.failing
     assert loop.status()["serve_native"] is None     # no Ray here: no modes to read
     loop.close()
+
+
+def test_a_system_clock_step_moves_neither_the_rounds_nor_the_plan_off_time(tmp_path) -> None:
+    """The live loop keeps time on a SteadyClock: the system clock stepped back an hour
+    mid-run neither stalls the rounds (they stay 1 s apart) nor shifts their times, and
+    the plan the replicas check against their own clock carries the stepped wall time."""
+    from sair_ray.session import SteadyClock
+
+    assert isinstance(LiveLoop(_opts(tmp_path / "default")).clock, SteadyClock)
+    shift = [0.0]
+    clock = SteadyClock(wall=lambda: time.time() + shift[0])
+    opts = LiveOptions(app="image_classification", policy="static", data_dir=str(tmp_path),
+                       config={"loop": {"decision_interval_s": 1, "settle_s": 0}})
+    start = time.time()
+    loop = LiveLoop(opts, backend_factory=lambda o: SimBackend(o.app, seed=1, start=start),
+                    clock=clock)
+    plans: list = []
+    loop.publish = lambda p: plans.append(p) or True
+    stop = threading.Event()
+    t = threading.Thread(target=loop.run, args=(stop,))
+    t.start()
+    time.sleep(1.6)
+    shift[0] = -3600.0
+    time.sleep(2.2)
+    stop.set()
+    t.join(5)
+    assert not t.is_alive()
+    times = [d["time"] for d in loop.decisions(10)]
+    assert len(times) >= 3, times
+    assert all(0.8 < b - a < 1.5 for a, b in zip(times, times[1:], strict=False))
+    assert abs(times[-1] - time.time()) < 2.0
+    assert abs(plans[-1].time - (time.time() - 3600.0)) < 2.0   # the replicas' clock
+    assert abs(plans[0].time - times[0]) < 1e-6                 # before the step
+    loop.close()

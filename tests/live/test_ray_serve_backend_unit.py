@@ -268,3 +268,111 @@ def test_an_app_without_a_profile_is_read_from_serve(details) -> None:
     # a profile's SLA can be overridden from the config
     b = _backend_with(details, Admin, profile=PROFILE, options=PipelineConfig(sla_ms=123))
     assert b.pipeline.sla_ms == 123 and b.pipeline_source.startswith("profile ")
+
+
+def test_after_a_clock_step_the_metrics_are_read_on_the_replicas_clock(details: dict) -> None:
+    """A live loop keeps round times on a SteadyClock; the replicas stamp their metrics
+    with the (stepped) wall clock, so the backend asks for each window at the round's
+    times plus the clock's wall offset."""
+    from sair_ray.backends.metrics import AppWindow
+
+    class Admin:
+        def details(self) -> dict:
+            return copy.deepcopy(details)
+
+    asked: list[tuple[float, float]] = []
+
+    class Metrics:
+        def window(self, start: float, end: float) -> AppWindow:
+            asked.append((start, end))
+            return AppWindow("tiny_pipeline", start, end)
+
+    offset = [0.0]
+    res = ({"CPU": 8.0, "memory": 8192.0 * MB}, {"CPU": 4.0, "memory": 4096.0 * MB})
+    b = RayServeBackend("tiny_pipeline", profile=PROFILE, admin=Admin(),  # type: ignore
+                        resources=lambda: res, wall_offset=lambda: offset[0])
+    b._metrics_source = Metrics   # type: ignore[method-assign]  # instead of the app's actor
+    assert b.observe(30.0, 60.0).time == 60.0 and asked[-1] == (30.0, 60.0)
+    offset[0] = -3600.0           # the system clock was stepped back an hour
+    assert b.observe(60.0, 90.0).time == 90.0 and asked[-1] == (60.0 - 3600, 90.0 - 3600)
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """GET /elsewhere -> 307 to `target`; GET /here -> 307 to /api/serve/applications/ on
+    this server; anything else answers {} and records the Authorization it got."""
+
+    target = ""
+    seen: list[tuple[int, str | None]] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith(("/elsewhere", "/here")):
+            self.send_response(307)
+            self.send_header("Location", self.target if self.path.startswith("/elsewhere")
+                             else "/api/serve/applications/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        _Redirect.seen.append((self.server.server_address[1], self.headers["Authorization"]))
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def two_servers():
+    servers = [HTTPServer(("127.0.0.1", 0), _Redirect) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    yield [s.server_address[1] for s in servers]
+    for s in servers:
+        s.shutdown()
+
+
+def test_the_ray_token_never_follows_a_redirect_to_another_host(two_servers, monkeypatch):
+    import sair_ray.backends.ray_serve as rs
+
+    monkeypatch.setattr(rs, "_ray_auth_headers",
+                        lambda: {"Authorization": "Bearer ray-secret-token"})
+    a, b = two_servers
+    _Redirect.target = f"http://127.0.0.1:{b}/api/serve/applications/"
+    _Redirect.seen.clear()
+    ServeAdmin(f"127.0.0.1:{a}")._request("GET", "/elsewhere")
+    assert _Redirect.seen == [(b, None)]          # followed, without the token
+    ServeAdmin(f"127.0.0.1:{a}")._request("GET", "/here")
+    assert _Redirect.seen[-1] == (a, "Bearer ray-secret-token")   # same origin: kept
+
+
+def test_the_ray_token_goes_in_clear_text_only_to_this_machine(monkeypatch):
+    import sair_ray.backends.ray_serve as rs
+
+    monkeypatch.setattr(rs, "_ray_auth_headers",
+                        lambda: {"Authorization": "Bearer ray-secret-token"})
+    import urllib.error
+
+    from sair_ray import net
+
+    sent: list[str] = []
+
+    class Offline:   # no request leaves the test: record it and fail it
+        def open(self, req, timeout):
+            sent.append(req.full_url)
+            raise urllib.error.URLError("offline test")
+
+    monkeypatch.setattr(net, "_opener", Offline)
+    monkeypatch.delenv("SAIR_ALLOW_PLAIN_HTTP", raising=False)
+    with pytest.raises(ServeAdminError, match="clear text.*SAIR_ALLOW_PLAIN_HTTP") as e:
+        ServeAdmin("http://203.0.113.9:8265", timeout_s=1).details()
+    assert "ray-secret-token" not in str(e.value) and sent == []   # never tried
+    with pytest.raises(ServeAdminError, match="cannot reach the Ray dashboard"):
+        ServeAdmin("https://203.0.113.9:8265", timeout_s=1).details()   # https: sent
+    monkeypatch.setenv("SAIR_ALLOW_PLAIN_HTTP", "1")   # explicitly allowed: it is tried
+    with pytest.raises(ServeAdminError, match="cannot reach the Ray dashboard"):
+        ServeAdmin("http://203.0.113.9:8265", timeout_s=1).details()
+    assert sent == ["https://203.0.113.9:8265/api/serve/applications/",
+                    "http://203.0.113.9:8265/api/serve/applications/"]

@@ -154,3 +154,25 @@ def test_status_and_top_read_a_real_controller_actor(tmp_path):
     for text in outs.values():
         assert f"SAIR · {app_name}" in text and "policy threshold · 0 rounds" in text
         assert "last error: setup:" in text and "no decision yet" in text
+
+
+def test_model_text_and_names_are_shown_as_text_not_markup():
+    """A rationale is the model's text and names are the user's: `[/]` and `[bold]` in
+    them are shown as written (rich would raise MarkupError on `[/]`)."""
+    from sair_ray.report.status_view import StatusView
+
+    rounds = [{"round": i, "time": 100.0 + i, "source": "policy:sair",
+               "action": {"pre[x]": {"replicas": 1}},
+               "rationale": "scale [/] up [bold]now[/bold]", "error": "",
+               "context": {"p99_ms": 900.0, "sla_ms": 1000.0,
+                           "stages": [{"name": "pre[x]", "kind": "cpu", "replicas": 1}]}}
+              for i in range(3)]
+    view = StatusView(app="my[/]app", origin="o [/]", policy="sair", rounds_done=3,
+                      epsilon=0.1, memory="m", rounds=rounds)
+    text = _text(render(view))
+    assert "SAIR · my[/]app" in text
+    assert "why: scale [/] up [bold]now[/bold]" in text
+    assert "scale [/] up [bold]now[/bold]" in text.split("recent rounds")[1]
+    assert "pre[x]:1" in text and "pre[x]: replicas +1" in text
+    row = next(ln for ln in text.splitlines() if ln.lstrip("│ ").startswith("pre[x]"))
+    assert "replicas +1" in row

@@ -10,6 +10,7 @@ the nominal rate r * B_W.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -81,8 +82,11 @@ class Tools:
         )
 
 
-# Per-process sockets (the pid makes them unique); the shim removes them at exit.
-TEST_SOCKET = "/tmp/cuda_tb-test-%p.sock"
+# Per-process sockets (the pid makes them unique); the shim removes them at exit. The
+# directory is private (mkdtemp: 0700): the shim opens no socket in a shared one like /tmp.
+TEST_SOCKET_DIR = Path(tempfile.mkdtemp(prefix="tbt-", dir="/tmp"))
+atexit.register(shutil.rmtree, TEST_SOCKET_DIR, ignore_errors=True)
+TEST_SOCKET = f"{TEST_SOCKET_DIR}/cuda_tb-test-%p.sock"
 
 
 def throttled_env(rate: float, **extra: Any) -> dict[str, Any]:

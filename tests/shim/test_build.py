@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cuda_tb.build import build_shim, main
-from tests.shim.conftest import Tools
+from tests.shim.conftest import TEST_SOCKET, Tools
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,7 @@ def test_python_host_runs_normally_under_the_shim(tools: Tools) -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        env=tools.env(CUDA_TB_SOCKET="/tmp/cuda_tb-test-%p.sock"),
+        env=tools.env(CUDA_TB_SOCKET=TEST_SOCKET),
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

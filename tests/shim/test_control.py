@@ -279,6 +279,46 @@ def test_live_socket_is_not_stolen(tools: Tools, sock_dir: Path) -> None:
         owner.close()
 
 
+def test_a_missing_socket_directory_is_created_private(tools: Tools, sock_dir: Path) -> None:
+    target = sock_dir / "new"
+    r = tools.run("--launches", "10", "--stats",
+                  **throttled_env(1.0, CUDA_TB_SOCKET=f"{target}/cuda_tb-%p.sock"))
+    assert r["shim"] is not None and r["shim"]["launches"] == 10
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_no_socket_in_a_directory_others_can_write(tools: Tools, sock_dir: Path,
+                                                    mode: int) -> None:
+    shared = sock_dir / "shared"
+    shared.mkdir()
+    os.chmod(shared, mode)
+    proc = tools.run_raw("--duration", "0.5",
+                         **throttled_env(0.5, CUDA_TB_SOCKET=f"{shared}/cuda_tb-%p.sock"))
+    assert proc.returncode == 0, proc.stderr     # the app runs on, at its start-up rate
+    assert '"status":0' in proc.stdout
+    assert "control socket disabled" in proc.stderr and "writable by group or others" \
+        in proc.stderr
+    assert list(shared.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's directory")
+def test_no_socket_in_another_users_directory(tools: Tools, sock_dir: Path) -> None:
+    theirs = sock_dir / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    proc = tools.run_raw("--duration", "0.5",
+                         **throttled_env(1.0, CUDA_TB_SOCKET=f"{theirs}/cuda_tb-%p.sock"))
+    assert proc.returncode == 0, proc.stderr
+    assert "owned by uid 65534" in proc.stderr
+    assert list(theirs.iterdir()) == []
+    link = sock_dir / "link"          # a link of ours to it: the target is what counts
+    link.symlink_to(theirs)
+    proc = tools.run_raw("--duration", "0.5",
+                         **throttled_env(1.0, CUDA_TB_SOCKET=f"{link}/cuda_tb-%p.sock"))
+    assert "owned by uid 65534" in proc.stderr and list(theirs.iterdir()) == []
+
+
 def test_missing_real_libcuda_does_not_crash(tools: Tools) -> None:
     # The program finds the shim's exported cuLaunchKernel, but there is no driver.
     r = tools.run(
@@ -329,11 +369,15 @@ def test_runtime_env(sock_dir: Path) -> None:
     assert env["CUDA_TB_RATE"] == "0.5"
     assert env["CUDA_TB_BLOCKS_PER_WINDOW"] == "1234"
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
-    # An existing (possibly shared) directory keeps its mode.
+    # An existing directory of ours keeps its mode; one others can write to is refused
+    # (the shim would open no socket there).
     shared = sock_dir / "shared"
     shared.mkdir(mode=0o755)
     runtime_env(str(shared))
     assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    os.chmod(shared, 0o777)
+    with pytest.raises(ValueError, match="no one else can write"):
+        runtime_env(str(shared))
     with pytest.raises(ValueError, match="too long"):
         runtime_env("/tmp/" + "d" * 120)
     with pytest.raises(ValueError):

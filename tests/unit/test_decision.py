@@ -46,8 +46,10 @@ def test_targets_are_what_the_backend_was_given(tmp_path):
 
 
 def test_source_is_typed(tmp_path):
+    # §5's random probes every round (§10's directed probes skip rounds with nothing to try)
     cfg = SAIRConfig(seed=3).replace(**{"exploration.epsilon_0": 1.0,
-                                        "exploration.epsilon_min": 1.0})
+                                        "exploration.epsilon_min": 1.0,
+                                        "learning.enabled": False})
     _, decisions, _ = _run(tmp_path, cfg)
     assert all(d.probed and d.policy_name is None for d in decisions)
     _, decisions, _ = _run(tmp_path / "b")

@@ -13,7 +13,7 @@ from sair_ray.config import SAIRConfig
 from sair_ray.decision_log import DecisionLog
 from sair_ray.files import ControllerFiles, read_json, write_json_atomic
 from sair_ray.registry import make_policy
-from sair_ray.session import RoundTimer, Session, controller_state
+from sair_ray.session import RoundTimer, Session, SteadyClock, controller_state
 
 CFG = SAIRConfig.from_dict({"loop": {"decision_interval_s": 10, "settle_s": 2}})
 
@@ -123,3 +123,45 @@ def test_round_timer_skips_missed_rounds_instead_of_bursting():
     assert t.next_at == 20.0
     t.advance(47.0)   # the round of 20 ended at 47: 30 and 40 are skipped
     assert t.next_at == 57.0
+
+
+class _Clocks:
+    """A wall clock that an NTP step can move and the monotonic clock beside it."""
+
+    def __init__(self) -> None:
+        self.wall, self.mono = 1_700_000_000.0, 50.0
+
+    def pass_(self, s: float) -> None:
+        self.wall += s
+        self.mono += s
+
+
+def test_steady_clock_is_the_wall_clock_unmoved_by_its_steps():
+    c = _Clocks()
+    clock = SteadyClock(wall=lambda: c.wall, monotonic=lambda: c.mono)
+    assert clock() == c.wall and clock.wall_offset() == 0.0
+    c.pass_(10)
+    assert clock() == c.wall
+    c.wall -= 3600.0            # NTP steps the system clock back an hour
+    c.pass_(10)
+    assert clock() == 1_700_000_020.0 and clock.wall_offset() == -3600.0
+    c.wall += 7200.0            # and then forward two
+    assert clock() == 1_700_000_020.0 and clock.wall_offset() == 3600.0
+    c.wall -= 3600.0 - 0.2      # back within a fraction of a second: read noise, ignored
+    assert clock.wall_offset() == 0.0
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_clock_step_neither_stalls_nor_skips_rounds_or_cooldowns(step):
+    c = _Clocks()
+    clock = SteadyClock(wall=lambda: c.wall, monotonic=lambda: c.mono)
+    timer = RoundTimer.starting(clock(), 30.0)
+    changed_at = clock()                  # a stage resized now: cooldown from here
+    c.pass_(20)
+    c.wall += step
+    assert not timer.due(clock())         # a step forward would have skipped ahead...
+    c.pass_(10)
+    assert timer.due(clock())             # ...one back would have stalled an hour
+    assert clock() - changed_at == 30.0   # what the validator's cooldowns count
+    timer.advance(clock())
+    assert timer.next_at - clock() == 30.0

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -355,6 +356,8 @@ class RayServeBackend:
         check_app(view, base)
         self._pipeline = self._live_pipeline(view, base)
         self._metrics = metrics
+        # 'auto' fell back to Serve's metrics at this monotonic time (None: it did not)
+        self._auto_serve_since: float | None = None
         self._rates: dict[str, float] = {}
         self.gpu = GpuRates(app)
         self._rates_read: dict[str, float] = {}   # stage -> time of its last shim read
@@ -455,13 +458,36 @@ class RayServeBackend:
         return self._detect_external(self._allocation(self._view(now), now), now)
 
     # -- parts --------------------------------------------------------------------------------
+    # How often 'auto' looks again for the app's StageMeter actor after falling back to
+    # Serve's metrics: an app that had served nothing yet at the first round has no metrics
+    # actor then, and should not be held to the fallback for good.
+    METER_RECHECK_S = 60.0
+
     @property
     def metrics(self) -> MetricsSource:
+        if self._metrics is not None and self._auto_serve_since is not None and (
+                time.monotonic() - self._auto_serve_since >= self.METER_RECHECK_S):
+            self._metrics = self._meter_if_running()
         if self._metrics is None:
             source = self._metrics_source()
             self._metrics = (WallWindows(source, self._wall_offset)
                              if self._wall_offset is not None else source)
         return self._metrics
+
+    def _meter_if_running(self) -> MetricsSource | None:
+        """Looked again in 'auto' mode: None (build the app's meter source) when its
+        StageMeter actor runs now, else the Serve-metrics source kept, for another while."""
+        from sair_ray.observe import MetricsClient, MetricsUnavailable
+
+        try:
+            MetricsClient(self.app)
+        except MetricsUnavailable:
+            self._auto_serve_since = time.monotonic()
+            return self._metrics
+        log.info("%s: the app's metrics actor is running now; reading it instead of "
+                 "Serve's metrics", self.app)
+        self._auto_serve_since = None
+        return None
 
     def _metrics_source(self) -> MetricsSource:
         """`pipeline.metrics`: the app's StageMeter actor ('meter'), Serve's own metrics
@@ -475,6 +501,7 @@ class RayServeBackend:
             except MetricsUnavailable:
                 if kind == "meter":
                     raise
+                self._auto_serve_since = time.monotonic()
         from sair_ray.backends.serve_metrics import serve_metrics_source
 
         ingress = self.last_view.ingress

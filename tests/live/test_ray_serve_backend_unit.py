@@ -376,3 +376,35 @@ def test_the_ray_token_goes_in_clear_text_only_to_this_machine(monkeypatch):
         ServeAdmin("http://203.0.113.9:8265", timeout_s=1).details()
     assert sent == ["https://203.0.113.9:8265/api/serve/applications/",
                     "http://203.0.113.9:8265/api/serve/applications/"]
+
+
+def test_auto_metrics_take_the_meter_once_it_runs(details: dict, monkeypatch) -> None:
+    """'auto' with no StageMeter actor yet (an app that has served nothing) reads Serve's
+    metrics, and looks again: once the app's metrics actor runs, it is read instead."""
+    import sair_ray.backends.serve_metrics as sm
+    import sair_ray.observe as observe
+
+    running = [False]
+
+    class Client:
+        def __init__(self, app: str) -> None:
+            if not running[0]:
+                raise observe.MetricsUnavailable(f"no metrics actor for {app}")
+
+    class Admin:
+        def details(self) -> dict:
+            return copy.deepcopy(details)
+
+    serve_source = object()
+    monkeypatch.setattr(observe, "MetricsClient", Client)
+    monkeypatch.setattr(sm, "serve_metrics_source", lambda *a, **kw: serve_source)
+    res = ({"CPU": 8.0, "memory": 8192.0 * MB}, {"CPU": 4.0, "memory": 4096.0 * MB})
+    b = RayServeBackend("tiny_pipeline", profile=PROFILE, admin=Admin(),  # type: ignore
+                        resources=lambda: res)
+    b.sync(30.0)
+    assert b.metrics is serve_source
+    b.METER_RECHECK_S = 0.0          # look again at every read
+    assert b.metrics is serve_source  # still no actor: the fallback is kept
+    running[0] = True
+    assert isinstance(b.metrics, Client)
+    assert isinstance(b.metrics, Client)  # and kept from then on

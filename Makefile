@@ -49,7 +49,7 @@ lock:
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # The suite in shuffled order: modules shuffled, then the tests within each (a new seed
 # each run, printed at the top; repeat one with PYTEST_ARGS=--random-order-seed=N).
@@ -72,9 +72,10 @@ audit: $(STAMP)
 bench-core: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
-# The live demo: local Ray, image_classification with SAIR attached, 3 min of burst load
-# with a live table, then runs/demo/report.html (`sair report`'s page) and report.md;
-# everything is shut down at the end.
+# The live demo: local Ray, image_classification with emulated compute (replicas wait out
+# the profile's service times, so scaling out adds capacity on 2 cores) and SAIR attached,
+# 5 min of burst load with a live table, then runs/demo/report.html (`sair report`'s page)
+# and report.md; everything is shut down at the end. The real-model app: --real-models.
 # Options: `.venv/bin/sair demo --help` (e.g. make demo DEMO_ARGS="--policy threshold").
 demo: $(STAMP)
 	$(VENV)/bin/sair demo $(DEMO_ARGS)

@@ -134,33 +134,21 @@ def workload(a: argparse.Namespace) -> Any:
     return Burst(a.base / s, a.spike / s, a.period, a.spike_s, phase_s=a.phase)
 
 
-# Workaround: with a profile, RayServeBackend hands Serve's ingress deployment to
-# ServeMetrics, which refuses an ingress that is not one of the profile's stages. So the
-# controller's profile gets the ingress as a pinned first stage (one replica, 1 m CPU,
-# which the emulated ingress then reserves instead of 0): never scaled, and its metrics are
-# the app-level fallback ServeMetrics wants.
+# With a profile, RayServeBackend hands Serve's ingress deployment to ServeMetrics, which
+# takes only a profile stage as its ingress: the controller's profile gets the ingress as a
+# pinned first stage (`sair_ray.emulate.controller_profile`), which the emulated ingress
+# then reserves (INGRESS_CPU_M millicores instead of 0).
 INGRESS_CPU_M = 1
 
 
 def sair_profile_file(a: argparse.Namespace, out: Path) -> Path:
-    """The shipped profile's YAML with the SLA time-scaled, replicas capped, CPU/memory
-    pinned to the initial values, and the pinned ingress stage (INGRESS_CPU_M): what the
-    SAIR controller reads; its `sim:` blocks are unused."""
-    import importlib.resources
+    """The profile as the SAIR controller reads it (`controller_profile`: SLA
+    time-scaled, replicas capped, CPU/memory pinned to the initial values, the pinned
+    ingress stage); its `sim:` blocks are unused."""
+    from sair_ray.emulate import controller_profile
 
-    text = (importlib.resources.files("sair_ray.profiles") / f"{a.profile}.yaml").read_text() \
-        if "/" not in a.profile else Path(a.profile).read_text()
-    prof = yaml.safe_load(text)
-    prof["sla_ms"] = float(prof["sla_ms"]) * a.time_scale
-    for st in prof["stages"]:
-        st["replicas_max"] = a.max_replicas
-        init = st["initial"]
-        st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
-        st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
-    prof["stages"].insert(0, {
-        "name": "ingress", "kind": "cpu", "replicas_min": 1, "replicas_max": 1,
-        "cpu_m_min": INGRESS_CPU_M, "cpu_m_max": INGRESS_CPU_M, "mem_mb_min": 1024,
-        "mem_mb_max": 1024, "initial": {"replicas": 1, "cpu_m": INGRESS_CPU_M, "mem_mb": 1024}})
+    prof = controller_profile(a.profile, a.time_scale, replicas_max=a.max_replicas,
+                              ingress_cpu_m=INGRESS_CPU_M)
     path = out / "sair-profile.yaml"
     path.write_text(yaml.safe_dump(prof, sort_keys=False))
     return path

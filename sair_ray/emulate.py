@@ -190,6 +190,40 @@ def oom_killed(model: StageModel, mem_mb: float) -> bool:
     return model.memory_effect(mem_mb)[1]
 
 
+# -- the controller's view of an emulated app --------------------------------------------------
+def controller_profile(profile: str, time_scale: float, *, replicas_max: int,
+                       ingress: str = "ingress", ingress_cpu_m: int = 1) -> dict[str, Any]:
+    """The profile (a shipped name or a YAML path) as a SAIR controller attached to its
+    emulated app should read it, as a YAML mapping: the SLA time-scaled, every stage's
+    replicas capped at `replicas_max`, CPU and memory pinned to the initial values (replica
+    moves only: a CPU change would be a rolling restart of sleeping replicas), and the
+    app's ingress deployment as a pinned first stage. The ingress stage is needed because,
+    with a profile, the backend hands Serve's ingress deployment to `ServeMetrics`, which
+    takes only a profile stage as its ingress; it keeps one replica of `ingress_cpu_m`
+    millicores, which the emulated ingress must then reserve (`num_cpus` =
+    ingress_cpu_m / 1000) instead of 0. The `sim:` blocks are kept and unused."""
+    import importlib.resources
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(profile).read_text() if "/" in profile or profile.endswith(".yaml") else
+            (importlib.resources.files("sair_ray.profiles") / f"{profile}.yaml").read_text())
+    prof = yaml.safe_load(text)
+    prof["sla_ms"] = float(prof["sla_ms"]) * float(time_scale)
+    for st in prof["stages"]:
+        st["replicas_max"] = int(replicas_max)
+        init = st["initial"]
+        st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
+        st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
+    prof["stages"].insert(0, {
+        "name": ingress, "kind": "cpu", "replicas_min": 1, "replicas_max": 1,
+        "cpu_m_min": ingress_cpu_m, "cpu_m_max": ingress_cpu_m, "mem_mb_min": 1024,
+        "mem_mb_max": 1024,
+        "initial": {"replicas": 1, "cpu_m": ingress_cpu_m, "mem_mb": 1024}})
+    return dict(prof)
+
+
 # -- a local Ray shaped like the profile's cluster ----------------------------------------------
 def cluster_resources(profile: Profile) -> dict[str, Any]:
     """Logical resources of the profile's cluster as `ray start` / `ray.init` arguments:

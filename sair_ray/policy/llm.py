@@ -43,8 +43,9 @@ from sair_ray.policy.prompt import (
     free_line,
     output_schema,
 )
+from sair_ray.policy.rationale import shown
 from sair_ray.retrieval import Retrieved
-from sair_ray.types import PipelineSpec
+from sair_ray.types import Context, PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -309,16 +310,26 @@ class LLMPolicy:
         self.last_prompt_chars = self._adapter.last_prompt_chars or self.last_prompt_chars
         raw = ep.redact(raw)  # the reply goes into the decision log verbatim
         log.debug("LLM decision in %.2f s: %s", time.perf_counter() - t0, raw[:200])
-        reply = {"action": pred.action, "rationale": pred.rationale} if pred is not None \
-            else raw
+        # masked before its readability is judged: what is judged is what would be shown
+        why = ep.redact(pred.rationale) if pred is not None and isinstance(
+            pred.rationale, str) else pred.rationale if pred is not None else None
+        reply = {"action": pred.action, "rationale": why} if pred is not None else raw
         if self.candidates_only:
-            return self._chosen(reply, cands, raw)
+            return self._chosen(reply, cands, raw, request.context)
         parsed = parse_reply(reply, self.pipeline.stage_names)
-        return PolicyReply(proposal=parsed.proposal, rationale=parsed.rationale, raw=raw,
+        rationale = parsed.rationale
+        if parsed.proposal is not None:
+            # a rationale that is no sentence is shown as what the action does
+            rationale = shown(rationale, "proposed", parsed.proposal, ctx=request.context,
+                              limit=RATIONALE_CHARS).removeprefix("[proposed] ")
+        return PolicyReply(proposal=parsed.proposal, rationale=rationale, raw=raw,
                            error=parsed.error, prompt_chars=self.last_prompt_chars)
 
-    def _chosen(self, reply: Any, cands: list[Candidate], raw: str) -> PolicyReply:
-        """The candidate a label reply names (tolerantly: JSON in prose, a bare label)."""
+    def _chosen(self, reply: Any, cands: list[Candidate], raw: str,
+                ctx: Context | None = None) -> PolicyReply:
+        """The candidate a label reply names (tolerantly: JSON in prose, a bare label).
+        Its rationale is `[label] prose` when the model's prose reads as a sentence, else
+        `[label]` and the candidate's own description; the model's text stays in `raw`."""
         obj = reply if isinstance(reply, dict) else _first_object(reply)
         answer = obj.get("action") if isinstance(obj, dict) else reply
         # The grammar makes the first "action" field of the raw text a whole label. Read it
@@ -336,7 +347,9 @@ class LLMPolicy:
             return PolicyReply(proposal=None, raw=raw, prompt_chars=self.last_prompt_chars,
                                error=f"reply names no candidate: {str(answer)[:80]!r}")
         # the model's prose is weak; the option it took is the explanation
-        return PolicyReply(proposal=c.proposal, rationale=f"[{c.label}] {rationale}".strip(),
+        return PolicyReply(proposal=c.proposal,
+                           rationale=shown(rationale, c.label, c.proposal, c.note, ctx,
+                                           limit=RATIONALE_CHARS),
                            raw=raw, prompt_chars=self.last_prompt_chars)
 
     def close(self) -> None:

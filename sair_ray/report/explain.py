@@ -32,8 +32,8 @@ def when(t: Any) -> str:
     f = num(t)
     if f != f:
         return "?"
-    if f > 1e9:
-        return dt.datetime.fromtimestamp(f).strftime("%Y-%m-%d %H:%M:%S")
+    if f > 1e9:  # local wall-clock time, with its zone
+        return dt.datetime.fromtimestamp(f).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     return f"t={f:,.0f} s"
 
 

@@ -11,6 +11,7 @@ reward scored).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
 from collections.abc import Callable
@@ -24,6 +25,43 @@ from sair_ray.report.explain import REWARD_TERMS, action_text, source_kind
 from sair_ray.report.records import DecisionRecords, num
 
 REPORT_NAME = "report.html"
+EPOCH_MIN = 1e9  # a log time above this is wall-clock epoch seconds (a live controller)
+
+
+def wall_clock(t: float) -> bool:
+    """Live logs carry epoch seconds; simulator runs carry virtual seconds from 0."""
+    return bool(np.isfinite(t) and t > EPOCH_MIN)
+
+
+def utc(t: float, fmt: str = "%H:%M:%S") -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime(fmt)
+
+
+def time_axis(t: np.ndarray) -> tuple[np.ndarray, str]:
+    """Decision times as minutes since the first round, and the axis label saying when
+    that was: the wall-clock start (UTC) for a live log, the simulated second otherwise."""
+    finite = t[np.isfinite(t)]
+    if not len(finite):
+        return t, "minutes"
+    t0 = float(finite.min())
+    minutes = (t - t0) / 60.0
+    if wall_clock(t0):
+        return minutes, f"minutes since {utc(t0, '%Y-%m-%d %H:%M:%S')} UTC"
+    return minutes, f"minutes since the first round (simulated t = {t0:,.0f} s)"
+
+
+def time_span(t: np.ndarray) -> str:
+    """The log's time span for the summary table: wall-clock times (UTC) for a live log,
+    simulated seconds otherwise, and its length in minutes."""
+    finite = t[np.isfinite(t)]
+    if not len(finite):
+        return "-"
+    t0, t1 = float(finite.min()), float(finite.max())
+    length = f"{(t1 - t0) / 60:,.1f} min"
+    if wall_clock(t0):
+        day = utc(t0, "%Y-%m-%d ")
+        return f"{day}{utc(t0)} - {utc(t1)} UTC ({length})"
+    return f"simulated t = {t0:,.0f} - {t1:,.0f} s ({length})"
 
 
 @dataclass(frozen=True)
@@ -119,7 +157,7 @@ def summary(recs: DecisionRecords, s: Series) -> list[tuple[str, str]]:
 
     return [
         ("decision log", str(recs.path)), ("app", recs.app or "?"), ("rounds", str(n)),
-        ("time span", f"{s.t[0]:.0f} - {s.t[-1]:.0f} s" if n else "-"),
+        ("time span", time_span(s.t) if n else "-"),
         ("exploration probes", f"{int(s.probe.sum())} ({pct(s.probe.mean())})" if n else "0"),
         ("policy decisions", str(int((~s.probe).sum()))),
         ("rounds that changed the allocation", str(int(s.acted.sum()))),
@@ -141,7 +179,7 @@ def _figures(s: Series, decisions: list[dict[str, Any]]) -> dict[str, tuple[str,
     import matplotlib.pyplot as plt
 
     figs: dict[str, tuple[str, Any]] = {}
-    t = s.t
+    t, xlabel = time_axis(s.t)
 
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
     a1.plot(t, s.p99, label="p99 latency", color="tab:blue")
@@ -154,7 +192,7 @@ def _figures(s: Series, decisions: list[dict[str, Any]]) -> dict[str, tuple[str,
     a1.legend(loc="upper right")
     a2.plot(t, s.arrival, color="tab:green")
     a2.set_ylabel("arrival req/s")
-    a2.set_xlabel("time (s)")
+    a2.set_xlabel(xlabel)
     figs["latency"] = ("End-to-end p99 latency vs SLA, and the arrival rate", fig)
 
     n_rows = 3 if s.rate else 2
@@ -171,7 +209,7 @@ def _figures(s: Series, decisions: list[dict[str, Any]]) -> dict[str, tuple[str,
         axes[1].legend(loc="lower left", fontsize="small")
     axes[-1].plot(t, s.cost, color="tab:brown")
     axes[-1].set_ylabel("cost $/h")
-    axes[-1].set_xlabel("time (s)")
+    axes[-1].set_xlabel(xlabel)
     figs["allocation"] = ("Replicas and GPU rate per stage, and the cost rate", fig)
 
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
@@ -184,7 +222,7 @@ def _figures(s: Series, decisions: list[dict[str, Any]]) -> dict[str, tuple[str,
         a2.plot(t, sign * s.reward[k], label=("-p_sla" if k == "p_sla" else k), lw=1)
     a2.axhline(0, color="grey", lw=0.5)
     a2.set_ylabel("term")
-    a2.set_xlabel("time (s) of the rewarded action")
+    a2.set_xlabel(f"{xlabel}, of the rewarded action")
     a2.legend(loc="lower right", fontsize="small", ncol=5)
     figs["reward"] = ("Reward of each round's action and its terms (docs/algorithm.md §3)", fig)
 
@@ -195,15 +233,17 @@ def _figures(s: Series, decisions: list[dict[str, Any]]) -> dict[str, tuple[str,
     ax.plot(t, np.cumsum(s.acted), ":", label="rounds that acted", color="tab:grey")
     ax.scatter(t[probes], np.cumsum(probes)[probes], s=12, color="tab:purple")
     ax.set_ylabel("cumulative rounds")
-    ax.set_xlabel("time (s)")
+    ax.set_xlabel(xlabel)
     ax.legend(loc="upper left")
     figs["decisions"] = ("Exploration probes vs policy decisions", fig)
 
     ot, olat, ocost, remembered = outcomes(decisions)
     fig, ax = plt.subplots(figsize=(7, 5))
     if len(ot):
-        sc = ax.scatter(olat, ocost, c=ot, cmap="viridis", s=22)
-        fig.colorbar(sc, ax=ax, label="time (s)")
+        # the same clock as the other figures: minutes since the first round
+        t0 = float(np.nanmin(s.t)) if np.isfinite(s.t).any() else 0.0
+        sc = ax.scatter(olat, ocost, c=(ot - t0) / 60.0, cmap="viridis", s=22)
+        fig.colorbar(sc, ax=ax, label=xlabel)
         f = frontier(olat, ocost)
         ax.step(olat[f], ocost[f], where="post", color="tab:red", label="Pareto frontier")
         ax.scatter(olat[f], ocost[f], facecolors="none", edgecolors="tab:red", s=60)
@@ -235,8 +275,10 @@ table{border-collapse:collapse}td,th{padding:2px 10px;border-bottom:1px solid #d
 text-align:left}figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555}"""
 
 
-def write_report(recs: DecisionRecords, out_dir: str | Path) -> Path:
-    """Write report.html (figures embedded) and the figures as PNG files into `out_dir`."""
+def write_report(recs: DecisionRecords, out_dir: str | Path, *, note: str = "") -> Path:
+    """Write report.html (figures embedded) and the figures as PNG files into `out_dir`.
+    `note` goes into the title, in parentheses (the demo: what the pipeline computes
+    with)."""
     if not recs.decisions:
         raise ValueError(f"{recs.path}: no decisions logged; nothing to report")
     out = Path(out_dir)
@@ -252,7 +294,7 @@ def write_report(recs: DecisionRecords, out_dir: str | Path) -> Path:
                     f' (<a href="{name}.png">{name}.png</a>)</figcaption></figure>')
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in summary(recs, s))
-    title = f"SAIR report: {recs.app or recs.path.name}"
+    title = f"SAIR report: {recs.app or recs.path.name}" + (f" ({note})" if note else "")
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><table>{rows}</table>{''.join(body)}</body></html>")

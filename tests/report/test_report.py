@@ -90,6 +90,24 @@ def test_series_and_pareto_frontier_come_from_the_log(sim_run):
     assert frontier(np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0])).tolist() == [0, 1]
 
 
+def test_time_axes_are_minutes_since_the_first_round_never_epoch_seconds(report):
+    """Live logs carry epoch seconds, simulator logs virtual seconds: the figures plot
+    minutes since the first round and say when that was."""
+    from sair_ray.report.html import time_axis, time_span
+
+    live = np.array([1_796_486_531.0, 1_796_486_546.0, 1_796_486_651.0])
+    minutes, label = time_axis(live)
+    assert minutes.tolist() == [0.0, 0.25, 2.0]
+    assert label == "minutes since 2026-12-05 16:02:11 UTC"
+    assert time_span(live) == "2026-12-05 16:02:11 - 16:04:11 UTC (2.0 min)"
+    minutes, label = time_axis(np.array([30.0, 60.0, 1800.0]))
+    assert minutes.tolist() == [0.0, 0.5, 29.5]
+    assert label == "minutes since the first round (simulated t = 30 s)"
+    # the page of a simulator run: its span in simulated seconds and minutes
+    page = report.read_text()
+    assert "<th>time span</th><td>simulated t = 30 - 1,800 s (29.5 min)</td>" in page
+
+
 def test_report_errors_are_clear(tmp_path):
     empty = tmp_path / "decisions.jsonl"
     empty.write_text("")

@@ -45,8 +45,8 @@ never by name across the machine):
 
 Prints a Markdown table and writes `results.json` and `results.md` into `--out`. Exit
 status 1 if a round failed, an app got no round, a controller restarted or more than
-`--max-late-frac` of the rounds were late. `--quick`: 2 apps, 45 s, a round every 5 s,
-samples every 15 s (tests/live/test_bench_many_apps.py).
+`--max-late-frac` of the rounds were late. `--quick`: 2 apps, 30 s, a round every 5 s,
+samples every 10 s (tests/live/test_bench_many_apps.py).
 """
 
 from __future__ import annotations
@@ -731,10 +731,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop when the machine's available memory falls below this")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "many-apps")
     ap.add_argument("--quick", action="store_true",
-                    help="2 apps, 45 s, a round every 5 s, samples every 15 s")
+                    help="2 apps, 30 s, a round every 5 s, samples every 10 s")
     a = ap.parse_args(argv)
     if a.quick:
-        a.apps, a.minutes, a.interval, a.sample_s, a.rate = 2, 0.75, 5.0, 15.0, 2.0
+        a.apps, a.minutes, a.interval, a.sample_s, a.rate = 2, 0.5, 5.0, 10.0, 2.0
     res = run(a.apps, a.minutes, a.interval, a.rate, a.policy, a.sample_s, a.num_cpus,
               a.late_frac, min_avail_gb=a.min_avail_gb)
     fails = verdict(res, a.max_late_frac)

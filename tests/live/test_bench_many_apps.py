@@ -1,5 +1,5 @@
 """benchmarks/bench_many_apps.py --quick: two tiny Serve apps on one private local Ray, a
-SAIR controller (`sair-retrieval`) attached to each, light load on both for 45 s. Every
+SAIR controller (`sair-retrieval`) attached to each, light load on both for 30 s. Every
 app gets its rounds, none fails or is late, every request is answered, and the script
 measures what it says (per-round controller CPU, controller and head RSS by process role,
 PSS of the whole cluster). A smoke test of the harness (about 75 s); the 20-app figures
@@ -56,8 +56,8 @@ def test_quick_run_gives_every_app_its_rounds(tmp_path: Path) -> None:
     s, apps = res["summary"], res["per_app"]
     assert [a["app"] for a in apps] == ["app00", "app01"]
     for a in apps:
-        # a round every 5 s for 45 s: 9 due; allow the load of a shared 2-core machine
-        assert a["rounds_ok"] >= 6 and a["rounds_failed"] == 0, a
+        # a round every 5 s for 30 s: 6 due; allow the load of a shared 2-core machine
+        assert a["rounds_ok"] >= 4 and a["rounds_failed"] == 0, a
         assert a["rounds_late"] == 0 and not a["restarted"], a
         assert a["sent"] > 0 and a["ok"] == a["sent"] and a["errors"] == {}, a
         assert 0 < a["thread_cpu_ms_per_round"] <= a["process_cpu_ms_per_round"], a

@@ -70,6 +70,7 @@ from sair_ray.bench.grid import (  # noqa: E402
     sair_config,
     scenario_workload,
 )
+from sair_ray.bench.stats import mean_ci  # noqa: E402
 from sair_ray.controller import run_virtual  # noqa: E402
 from sair_ray.files import MEMORY_DIR, ControllerFiles  # noqa: E402
 from sair_ray.profiles import load_profile  # noqa: E402
@@ -163,19 +164,6 @@ def hmm(seconds: float) -> str:
 
 # -- aggregation ----------------------------------------------------------------------------
 METRICS = ("attainment", "missed_requests", "missed_windows", "cost_usd", "probes")
-
-
-def mean_ci(x: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval (Student t; NaN for n < 2)."""
-    v = np.array([y for y in x if math.isfinite(y)], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan
-    if len(v) < 2:
-        return float(v.mean()), math.nan
-    from scipy import stats
-
-    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()), h
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -66,6 +66,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import sair_ray, serve_apps
     sys.path.insert(0, str(ROOT))
 
+from sair_ray.bench.stats import mean_ci  # noqa: E402
+
 METHODS = ("sair-retrieval", "serve", "threshold")
 COOLDOWN_UP_S, COOLDOWN_DOWN_S = 15.0, 60.0
 
@@ -295,19 +297,6 @@ def summarise(results: list[Any], samples: list[dict[str, Any]], prof: Any,
 
 
 # -- aggregation --------------------------------------------------------------------------------
-def mean_ci(x: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval (Student t; NaN for n < 2)."""
-    v = np.array([y for y in x if math.isfinite(y)], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan
-    if len(v) < 2:
-        return float(v.mean()), math.nan
-    from scipy import stats
-
-    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()), h
-
-
 METRICS = (("p50_ms", "p50 ms", 0), ("p99_ms", "p99 ms", 0), ("attainment", "SLA attainment", 3),
            ("replica_s_total", "replica-s", 0), ("cpu_s", "CPU-s", 0),
            ("usd_per_1000_ok", "$ / 1000 ok (effective)", 4))

@@ -1,30 +1,40 @@
 """Live autoscaling on real Ray Serve with emulated compute (docs/emulation.md): SAIR
-(`sair-retrieval`) vs Ray Serve's default autoscaler vs the threshold rule, N seeds.
+(`sair-retrieval`) vs Ray Serve's autoscaler (its defaults, and with its delays set to
+SAIR's cooldowns) vs the threshold rule, N seeds, all methods of a seed at the same time.
 
     .venv/bin/python benchmarks/bench_live.py [--profile image_classification]
-        [--methods sair-retrieval,serve,threshold] [--seeds 0,1,2] [--duration 900]
-        [--pattern burst|ramp|poisson] [--base 20] [--spike 60] [--time-scale 10]
+        [--methods sair-retrieval,serve,serve-cooldowns,threshold] [--patterns burst,ramp]
+        [--seeds 0,1,2] [--duration 900] [--time-scale 10] [--base R] [--spike R]
         [--out runs/bench-live] [--quick]
 
-Rates (`--base`, `--spike`) are in the profile's units (the defaults suit
-image_classification: one 1-core preprocess replica serves ~17 req/s); choose them per
-profile.
-
-Every run (method x seed) deploys a fresh emulated app (`serve_apps/emulated.py`, its own
-Serve application name, initial replicas warm) on one local Ray whose logical resources
-are the profile's cluster (`sair_ray.emulate.emulated_ray`), sends the seed's requests
-(`sair_ray.emulate.request_plan`: the same arrival times and reference service times for
-every method: common random numbers), samples the Serve REST API every `--sample-s`, and
-removes the app (and the SAIR controller) afterwards.
+One local Ray (`sair_ray.emulate.partitioned_ray`): a head node with the dashboard, Serve's
+controller and its one HTTP proxy, and one logical node per (pattern, method) *arm*, each
+shaped like the profile's cluster (its CPUs, GPUs and memory) and tagged with a resource
+of its own, so every arm's emulated app (`serve_apps/emulated.py`, warm initial replicas)
+lives on its own "cluster": Serve schedules, queues and leaves replicas pending there as on
+the profile's cluster. Per seed, every arm's app is deployed, the controllers attached,
+and all arms get their pattern's requests *at the same time* (`sair_ray.emulate.request_plan`:
+the same arrival times and reference service times for every method of a pattern: common
+random numbers), so the machine's noise falls on all methods alike; the Serve REST API is
+sampled every `--sample-s`; then the apps (and controllers) are removed. The arms share the
+proxy, Serve's controller and the machine's cores, as apps of one real cluster do.
 
 - `sair-retrieval`, `threshold`: the app with `external_scaler_enabled`, the SAIR controller
   attached (`sair_ray.live.attach`) with that policy, Serve's own metrics
   (`pipeline.metrics: serve`), one round every `--interval` s, validator replicas_max
-  `--max-replicas`, cooldowns 15 s up / 60 s down, CPU/memory pinned to the profile's
-  initial values (replica moves only, as for Serve's autoscaler).
-- `serve`: Serve's default autoscaler on every stage (`autoscaling_config`: min 1, max
+  `--max-replicas` (GPU stages: what the profile's cluster holds), cooldowns 15 s up / 60 s
+  down, CPU/memory pinned to the profile's initial values (replica moves only, as for
+  Serve's autoscaler).
+- `serve`: Serve's autoscaler on every stage (`autoscaling_config`: min 1, max
   `--max-replicas`, Serve's defaults otherwise: target_ongoing_requests 2, upscale delay
   30 s, downscale delay 600 s, unless `--serve-upscale-delay/--serve-downscale-delay`).
+- `serve-cooldowns`: the same with its delays set to SAIR's cooldowns (15 s up, 60 s down).
+
+Load: `--patterns` of `burst` (`--base`, then `--spike` for `--spike-s` of every `--period`,
+after `--phase`), `ramp` (`--base` to `--spike` over the run) and `poisson` (`--base`).
+Rates are in the profile's units; by default they come from the profile's default workload
+rate r as in `sair bench` (sair_ray/bench/grid.py): burst 0.6 r -> 2.5 r, ramp 0.3 r ->
+1.5 r, poisson r, so a new profile needs no hand-picked rates.
 
 Time scale: per-request service times are stretched by `--time-scale` and request rates
 divided by it (2 cores cannot host 50 req/s of real routing); cold starts, decision
@@ -34,13 +44,17 @@ they are not time-scaled (`sair attach` passes no policy parameters).
 
 Per run: client p50/p99, SLA attainment (the profile's SLA x time scale), replica-seconds,
 CPU-seconds and effective cost (sair_ray.cost, from the sampled allocation) per 1000 ok
-requests. Per method: means over seeds with 95 % confidence intervals (Student t).
-Outputs in --out: runs.json, results.md. Everything is labelled "emulated compute".
+requests. Per pattern and method: means over seeds with 95 % confidence intervals
+(Student t); per pattern, every method's p99 and replica-seconds as ratios to `serve`'s in
+the same seed (paired), with their intervals, and whether SAIR met issue 16's target (at
+equal or higher attainment, p99 <= 0.8x and replica-seconds <= 1.0x Serve's). Outputs in
+--out: runs.json (rewritten after every seed), results.md. Everything is labelled
+"emulated compute".
 
-`--quick` (the test's mode): one seed, 8 s of light burst load, 3 s SAIR rounds, short
-Serve delays, cold starts x 0.02 (and no warm initial deployment); a smoke run, not a
-result.
-Full runs (>= 15 min x 3 seeds per cell) take hours: see docs/emulation.md for the command.
+`--quick` (the test's mode): one seed, burst only, 8 s of light load, 3 s SAIR rounds,
+short Serve delays, cold starts x 0.02 (and no warm initial deployment); a smoke run, not a
+result. Full runs (>= 15 min x 3 seeds) take about an hour per profile: see
+docs/emulation.md.
 """
 
 from __future__ import annotations
@@ -57,7 +71,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -68,12 +82,21 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import sair_ray,
 
 from sair_ray.bench.stats import mean_ci  # noqa: E402
 
-METHODS = ("sair-retrieval", "serve", "threshold")
+METHODS = ("sair-retrieval", "serve", "serve-cooldowns", "threshold")
+SERVE_METHODS = ("serve", "serve-cooldowns")
+PATTERNS = ("burst", "ramp", "poisson")
+REFERENCE = "serve"          # ratios are to this method's run of the same seed
 COOLDOWN_UP_S, COOLDOWN_DOWN_S = 15.0, 60.0
+# issue 16's target for SAIR against Serve's autoscaler, per cell
+TARGET_P99_RATIO, TARGET_REPLICA_S_RATIO = 0.8, 1.0
 
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,13 +104,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--profile", default="image_classification")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--patterns", default="burst,ramp")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--duration", type=float, default=900.0, help="load per run, live s")
     ap.add_argument("--time-scale", type=float, default=10.0)
     ap.add_argument("--cold-start-scale", type=float, default=1.0)
-    ap.add_argument("--pattern", choices=("burst", "ramp", "poisson"), default="burst")
-    ap.add_argument("--base", type=float, default=20.0, help="burst base rate (profile units)")
-    ap.add_argument("--spike", type=float, default=60.0, help="burst spike rate (profile units)")
+    ap.add_argument("--base", type=float, default=None,
+                    help="base / start rate, profile units (default: from the profile)")
+    ap.add_argument("--spike", type=float, default=None,
+                    help="spike / end rate, profile units (default: from the profile)")
     ap.add_argument("--period", type=float, default=300.0, help="burst period, live s")
     ap.add_argument("--spike-s", type=float, default=90.0, help="spike length, live s")
     ap.add_argument("--phase", type=float, default=60.0, help="base-rate s before the first spike")
@@ -101,46 +126,82 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-live")
     ap.add_argument("--http-port", type=int, default=8431)
     ap.add_argument("--dashboard-port", type=int, default=8488)
-    ap.add_argument("--dashboard", default=None,
-                    help="use this running Ray's dashboard (host:port) instead of starting one")
     ap.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
     a = ap.parse_args(argv)
     a.warm_start = True
     if a.quick:
-        a.seeds, a.duration, a.interval = "0", 8.0, 3.0
+        a.seeds, a.duration, a.interval, a.patterns = "0", 8.0, 3.0, "burst"
         a.cold_start_scale, a.sample_s, a.warm_start = 0.02, 1.0, False
         a.base, a.spike, a.period, a.spike_s, a.phase = 6.0, 12.0, 6.0, 3.0, 2.0
         a.serve_upscale_delay = 2.0 if a.serve_upscale_delay is None else a.serve_upscale_delay
         a.serve_downscale_delay = (10.0 if a.serve_downscale_delay is None
                                    else a.serve_downscale_delay)
-    a.method_list = [m.strip() for m in a.methods.split(",") if m.strip()]
+    a.method_list = _csv(a.methods)
     bad = sorted(set(a.method_list) - set(METHODS))
-    if bad:
-        ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
-    a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
+    if bad or not a.method_list:
+        ap.error(f"unknown or no method(s) {bad}; choose from {list(METHODS)}")
+    a.pattern_list = _csv(a.patterns)
+    bad = sorted(set(a.pattern_list) - set(PATTERNS))
+    if bad or not a.pattern_list:
+        ap.error(f"unknown or no pattern(s) {bad}; choose from {list(PATTERNS)}")
+    try:
+        a.seed_list = [int(x) for x in _csv(a.seeds)]
+    except ValueError:
+        ap.error(f"--seeds takes integers separated by commas (got {a.seeds!r})")
+    if not a.duration > 0 or not a.time_scale > 0 or a.max_replicas < 1:
+        ap.error("--duration and --time-scale must be > 0 and --max-replicas >= 1")
     return a
 
 
-# -- one run ------------------------------------------------------------------------------------
-def workload(a: argparse.Namespace) -> Any:
-    """The live workload: rates in profile units divided by the time scale, times in live
-    seconds. burst: `base`, `spike` for `spike_s` of every `period` (after `phase`); ramp:
-    `base` to `spike` over the run; poisson: `base`."""
+# -- load -----------------------------------------------------------------------------------------
+def rates(a: argparse.Namespace, pattern: str) -> tuple[float, float]:
+    """(base, spike) in profile units: the options, else from the profile's default workload
+    rate r with `sair bench`'s pattern factors."""
+    from sair_ray.bench.grid import BURST_BASE, BURST_SPIKE, RAMP_FROM, RAMP_TO
+    from sair_ray.profiles import load_profile
+
+    lo, hi = {"burst": (BURST_BASE, BURST_SPIKE), "ramp": (RAMP_FROM, RAMP_TO),
+              "poisson": (1.0, 1.0)}[pattern]
+    if a.base is not None and a.spike is not None:
+        return a.base, a.spike
+    r = load_profile(a.profile).default_workload().mean_rate(0.0, a.duration)
+    return (lo * r if a.base is None else a.base), (hi * r if a.spike is None else a.spike)
+
+
+def workload(a: argparse.Namespace, pattern: str) -> Any:
+    """The live workload of `pattern`: rates in profile units divided by the time scale,
+    times in live seconds."""
     from sair_ray.workloads import Burst, Poisson, Ramp
 
     s = a.time_scale
-    if a.pattern == "ramp":
-        return Ramp(a.base / s, a.spike / s, a.duration)
-    if a.pattern == "poisson":
-        return Poisson(a.base / s)
-    return Burst(a.base / s, a.spike / s, a.period, a.spike_s, phase_s=a.phase)
+    base, spike = rates(a, pattern)
+    if pattern == "ramp":
+        return Ramp(base / s, spike / s, a.duration)
+    if pattern == "poisson":
+        return Poisson(base / s)
+    return Burst(base / s, spike / s, a.period, a.spike_s, phase_s=a.phase)
 
 
+# -- the arms of a run ------------------------------------------------------------------------
 # With a profile, RayServeBackend hands Serve's ingress deployment to ServeMetrics, which
 # takes only a profile stage as its ingress: the controller's profile gets the ingress as a
 # pinned first stage (`sair_ray.emulate.controller_profile`), which the emulated ingress
 # then reserves (INGRESS_CPU_M millicores instead of 0).
 INGRESS_CPU_M = 1
+
+
+class Arm(NamedTuple):
+    pattern: str
+    method: str
+    partition: int              # its logical node of the partitioned Ray
+
+    def app(self, seed: int) -> str:
+        return f"{self.pattern}-{self.method}-s{seed}".replace("_", "-")
+
+
+def arms(a: argparse.Namespace) -> list[Arm]:
+    pairs = [(p, m) for p in a.pattern_list for m in a.method_list]
+    return [Arm(p, m, i) for i, (p, m) in enumerate(pairs)]
 
 
 def sair_profile_file(a: argparse.Namespace, out: Path) -> Path:
@@ -156,103 +217,158 @@ def sair_profile_file(a: argparse.Namespace, out: Path) -> Path:
     return path
 
 
-def run_one(method: str, seed: int, a: argparse.Namespace, dashboard: str,
-            out: Path) -> dict[str, Any]:
-    from sair_ray.backends.ray_serve import ServeAdmin
-    from sair_ray.emulate import EMULATED, request_plan, scale_profile
+def serve_autoscaling(method: str, a: argparse.Namespace) -> dict[str, Any] | None:
+    if method not in SERVE_METHODS:
+        return None
+    auto: dict[str, Any] = {"min_replicas": 1, "max_replicas": a.max_replicas}
+    if method == "serve-cooldowns":
+        auto.update(upscale_delay_s=COOLDOWN_UP_S, downscale_delay_s=COOLDOWN_DOWN_S)
+    else:
+        if a.serve_upscale_delay is not None:
+            auto["upscale_delay_s"] = a.serve_upscale_delay
+        if a.serve_downscale_delay is not None:
+            auto["downscale_delay_s"] = a.serve_downscale_delay
+    return auto
+
+
+def serve_config(arm_list: list[Arm], seed: int, a: argparse.Namespace,
+                 cold: bool) -> dict[str, Any]:
+    """One declarative config with every arm's app, each pinned to its partition, behind
+    the head's one proxy."""
+    from sair_ray.emulate import pin_to_partition
     from sair_ray.fidelity import router_env
-    from sair_ray.loadgen import LoadPlan, LoadRunner
-    from sair_ray.profiles import load_profile
     from serve_apps.emulated import emulated_config
 
-    base = load_profile(a.profile)
-    prof = scale_profile(base, a.time_scale, a.cold_start_scale)
-    stages = list(prof.pipeline.stage_names)
-    app = f"emu-{method}-{seed}".replace("_", "-")
-    admin = ServeAdmin(dashboard, timeout_s=180)
-    autoscaling = None
-    if method == "serve":
-        autoscaling = {"min_replicas": 1, "max_replicas": a.max_replicas}
-        if a.serve_upscale_delay is not None:
-            autoscaling["upscale_delay_s"] = a.serve_upscale_delay
-        if a.serve_downscale_delay is not None:
-            autoscaling["downscale_delay_s"] = a.serve_downscale_delay
-    rec: dict[str, Any] = {"method": method, "seed": seed, "app": app, "label": EMULATED}
-
-    def cfg(cold: bool) -> dict[str, Any]:
+    apps = []
+    for arm in arm_list:
         c = emulated_config(a.profile, time_scale=a.time_scale,
-                            cold_start_scale=a.cold_start_scale, name=app,
-                            http_port=a.http_port, autoscaling=autoscaling, seed=seed,
+                            cold_start_scale=a.cold_start_scale, name=arm.app(seed),
+                            http_port=a.http_port,
+                            autoscaling=serve_autoscaling(arm.method, a), seed=seed,
                             cold_start=cold, env=router_env(a.router_max_backoff or None))
-        # INGRESS_CPU_M: see sair_profile_file
         ing = next(d for d in c["applications"][0]["deployments"] if d["name"] == "ingress")
-        ing["ray_actor_options"] = {"num_cpus": INGRESS_CPU_M / 1000}
-        return c
+        ing["ray_actor_options"] = {"num_cpus": INGRESS_CPU_M / 1000}  # see INGRESS_CPU_M
+        apps += pin_to_partition(c, arm.partition)["applications"]
+    return {"proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": a.http_port}, "applications": apps}
 
+
+# -- one seed: every arm at once ------------------------------------------------------------------
+def wait_all_running(admin: Any, apps: list[str], stages: list[str], init: Any) -> None:
     from sair_ray.fidelity import _wait_running
 
-    init = prof.pipeline.initial_allocation()
-    admin.deploy(cfg(not a.warm_start))
-    _wait_running(admin, app, stages, init)
-    if a.warm_start:  # initial replicas warm; those started from now on pay the cold start
-        admin.deploy(cfg(True))
-        time.sleep(1.0)
+    for app in apps:
         _wait_running(admin, app, stages, init)
-    handle = None
-    data_dir = Path(tempfile.mkdtemp(prefix=f"sair-{app}-"))
-    if method != "serve":
-        from sair_ray.live import attach
 
-        scfg = {"loop": {"decision_interval_s": a.interval,
-                         "settle_s": min(5.0, a.interval / 3)},
-                "validator": {"replicas_max": a.max_replicas, "cooldown_up_s": COOLDOWN_UP_S,
-                              "cooldown_down_s": COOLDOWN_DOWN_S},
-                "exploration": {"safe": True}, "pipeline": {"metrics": "serve"}}
-        handle = attach(app, scfg, method, profile=str(sair_profile_file(a, out)),
-                        data_dir=data_dir, dashboard_url=dashboard)
-        rec["sair_config"] = scfg
-    rp = request_plan(prof, workload(a), a.duration, seed)
-    url = f"http://127.0.0.1:{a.http_port}/{app}"
-    bodies = [json.dumps(rp.body(i)).encode() for i in range(len(rp))]
-    runner = LoadRunner(url, LoadPlan(rp.times, duration_s=a.duration), bodies.__getitem__,
-                        concurrency=10_000, timeout_s=max(60.0, a.duration))
-    samples: list[dict[str, Any]] = []
+
+def run_seed(seed: int, arm_list: list[Arm], a: argparse.Namespace, dashboard: str,
+             out: Path) -> list[dict[str, Any]]:
+    from sair_ray.backends.ray_serve import ServeAdmin
+    from sair_ray.emulate import EMULATED, request_plan, scale_profile
+    from sair_ray.loadgen import LoadPlan, LoadRunner
+    from sair_ray.profiles import load_profile
+
+    prof = scale_profile(load_profile(a.profile), a.time_scale, a.cold_start_scale)
+    stages = list(prof.pipeline.stage_names)
+    init = prof.pipeline.initial_allocation()
+    apps = [arm.app(seed) for arm in arm_list]
+    admin = ServeAdmin(dashboard, timeout_s=180)
+    admin.deploy(serve_config(arm_list, seed, a, cold=not a.warm_start))
+    wait_all_running(admin, apps, stages, init)
+    if a.warm_start:  # initial replicas warm; those started from now on pay the cold start
+        admin.deploy(serve_config(arm_list, seed, a, cold=True))
+        time.sleep(1.0)
+        wait_all_running(admin, apps, stages, init)
+    recs = [{"method": arm.method, "pattern": arm.pattern, "seed": seed, "app": arm.app(seed),
+             "label": EMULATED} for arm in arm_list]
+    handles: dict[int, Any] = {}
+    data_dirs: list[Path] = []
+    samples: list[list[dict[str, Any]]] = [[] for _ in arm_list]
+    nodes: list[set[str]] = [set() for _ in arm_list]   # where each arm's replicas ran
     stop = threading.Event()
-    t0 = time.time()
-
-    def sampler() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                deps = admin.details()["applications"][app]["deployments"]
-                samples.append({"t": time.time() - t0, "stages": {n: {
-                    "running": sum(r.get("state") == "RUNNING" for r in deps[n]["replicas"]),
-                    "target": int(deps[n].get("target_num_replicas") or 0),
-                    "num_cpus": float((deps[n]["deployment_config"].get("ray_actor_options")
-                                       or {}).get("num_cpus", 1.0))} for n in stages}})
-            stop.wait(a.sample_s)
-
-    th = threading.Thread(target=sampler, daemon=True)
-    th.start()
-    say(f"{app}: {len(rp)} requests over {a.duration:g} s")
     try:
-        results = asyncio.run(runner.run())
+        profile_file = sair_profile_file(a, out)
+        for i, arm in enumerate(arm_list):
+            if arm.method in SERVE_METHODS:
+                continue
+            from sair_ray.live import attach
+
+            scfg = {"loop": {"decision_interval_s": a.interval,
+                             "settle_s": min(5.0, a.interval / 3)},
+                    "validator": {"replicas_max": a.max_replicas,
+                                  "cooldown_up_s": COOLDOWN_UP_S,
+                                  "cooldown_down_s": COOLDOWN_DOWN_S},
+                    "exploration": {"safe": True}, "pipeline": {"metrics": "serve"}}
+            data_dirs.append(Path(tempfile.mkdtemp(prefix=f"sair-{arm.app(seed)}-")))
+            handles[i] = attach(arm.app(seed), scfg, arm.method, profile=str(profile_file),
+                                data_dir=data_dirs[-1], dashboard_url=dashboard)
+            recs[i]["sair_config"] = scfg
+        plans = {p: request_plan(prof, workload(a, p), a.duration, seed)
+                 for p in a.pattern_list}
+        runners = []
+        for arm in arm_list:
+            rp = plans[arm.pattern]
+            bodies = [json.dumps(rp.body(j)).encode() for j in range(len(rp))]
+            runners.append(LoadRunner(f"http://127.0.0.1:{a.http_port}/{arm.app(seed)}",
+                                      LoadPlan(rp.times, duration_s=a.duration),
+                                      bodies.__getitem__, concurrency=10_000,
+                                      timeout_s=max(60.0, a.duration)))
+        t0 = time.time()
+
+        def sampler() -> None:
+            next_say = 60.0
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    details = admin.details()["applications"]
+                    t = time.time() - t0
+                    for i, arm in enumerate(arm_list):
+                        deps = details[arm.app(seed)]["deployments"]
+                        nodes[i].update(r.get("node_id") for n in stages
+                                        for r in deps[n]["replicas"] if r.get("node_id"))
+                        samples[i].append({"t": t, "stages": {n: {
+                            "running": sum(r.get("state") == "RUNNING"
+                                           for r in deps[n]["replicas"]),
+                            "target": int(deps[n].get("target_num_replicas") or 0),
+                            "num_cpus": float((deps[n]["deployment_config"].get(
+                                "ray_actor_options") or {}).get("num_cpus", 1.0))}
+                            for n in stages}})
+                    if t >= next_say:   # progress on long runs
+                        next_say += 60.0
+                        say(f"seed {seed}: {t:.0f} / {a.duration:g} s; running replicas "
+                            + ", ".join(f"{arm.pattern}/{arm.method} "
+                                        + "+".join(str(samples[i][-1]["stages"][n]["running"])
+                                                   for n in stages)
+                                        for i, arm in enumerate(arm_list)))
+                stop.wait(a.sample_s)
+
+        th = threading.Thread(target=sampler, daemon=True)
+        th.start()
+        say(f"seed {seed}: {len(arm_list)} arms, "
+            + ", ".join(f"{p} {len(rp)} requests" for p, rp in plans.items())
+            + f" each, over {a.duration:g} s")
+
+        async def run_all() -> list[Any]:
+            return list(await asyncio.gather(*(r.run() for r in runners)))
+
+        results = asyncio.run(run_all())
     finally:
         stop.set()
-        th.join(timeout=60)
-        if handle is not None:
+        for i, h in handles.items():
             with contextlib.suppress(Exception):
-                st = handle.status()
-                rec["sair_status"] = {k: st.get(k) for k in ("rounds_ok", "rounds_failed",
-                                                             "probes")}
-                rec["sair_decisions"] = handle.decisions(last=1000)
+                st = h.status()
+                recs[i]["sair_status"] = {k: st.get(k) for k in ("rounds_ok", "rounds_failed",
+                                                                 "probes")}
+                recs[i]["sair_decisions"] = h.decisions(last=1000)
             with contextlib.suppress(Exception):
-                handle.stop()
+                h.stop()
         with contextlib.suppress(Exception):
             admin.deploy({"http_options": {"host": "127.0.0.1", "port": a.http_port},
-                          "applications": []})   # remove the app (every declarative app)
-        shutil.rmtree(data_dir, ignore_errors=True)   # a cold memory for every run
-    rec.update(summarise(results, samples, prof, a))
-    return rec
+                          "applications": []})   # remove every app
+        for d in data_dirs:
+            shutil.rmtree(d, ignore_errors=True)   # a cold memory for every run
+    for i, rec in enumerate(recs):
+        rec.update(summarise(results[i], samples[i], prof, a), nodes=sorted(nodes[i]))
+    return recs
 
 
 def summarise(results: list[Any], samples: list[dict[str, Any]], prof: Any,
@@ -302,32 +418,95 @@ METRICS = (("p50_ms", "p50 ms", 0), ("p99_ms", "p99 ms", 0), ("attainment", "SLA
            ("usd_per_1000_ok", "$ / 1000 ok (effective)", 4))
 
 
-def aggregate(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for m in methods:
-        rs = [r for r in runs if r["method"] == m and "error" not in r]
-        out[m] = {"n": len(rs), **{k: mean_ci([float(r[k]) for r in rs]) for k, _, _ in METRICS}}
+def _ok(r: dict[str, Any]) -> bool:
+    return "error" not in r
+
+
+def aggregate(runs: list[dict[str, Any]], methods: list[str],
+              patterns: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per pattern and method: means with 95 % intervals over seeds; with the reference
+    method in the run, the paired ratios (p99, replica-s) and attainment differences to
+    its run of the same seed."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for p in patterns:
+        ref = {r["seed"]: r for r in runs if r.get("pattern") == p
+               and r["method"] == REFERENCE and _ok(r)}
+        out[p] = {}
+        for m in methods:
+            rs = [r for r in runs if r.get("pattern") == p and r["method"] == m and _ok(r)]
+            row: dict[str, Any] = {"n": len(rs), **{k: mean_ci([float(r[k]) for r in rs])
+                                                    for k, _, _ in METRICS}}
+            paired = [(r, ref[r["seed"]]) for r in rs if r["seed"] in ref]
+            row["n_paired"] = len(paired)
+            row["p99_ratio"] = mean_ci([r["p99_ms"] / s["p99_ms"] for r, s in paired])
+            row["replica_s_ratio"] = mean_ci([r["replica_s_total"] / s["replica_s_total"]
+                                              for r, s in paired])
+            row["attainment_diff"] = mean_ci([r["attainment"] - s["attainment"]
+                                              for r, s in paired])
+            out[p][m] = row
     return out
 
 
-def markdown(agg: dict[str, dict[str, Any]], a: argparse.Namespace, cmd: str) -> str:
+def _fmt(x: tuple[float, float], d: int) -> str:
+    mu, h = x
+    if not math.isfinite(mu):
+        return "-"
+    return f"{mu:.{d}f}" + (f" ± {h:.{d}f}" if math.isfinite(h) else "")
+
+
+def target_met(row: dict[str, Any]) -> bool | None:
+    """Issue 16's target for one cell, on the means: SAIR's attainment at least Serve's,
+    p99 <= 0.8x and replica-seconds <= 1.0x Serve's (paired ratios); None without pairs."""
+    if not row["n_paired"]:
+        return None
+    return (row["attainment_diff"][0] >= 0 and row["p99_ratio"][0] <= TARGET_P99_RATIO
+            and row["replica_s_ratio"][0] <= TARGET_REPLICA_S_RATIO)
+
+
+def markdown(agg: dict[str, dict[str, dict[str, Any]]], a: argparse.Namespace,
+             cmd: str) -> str:
     lines = [f"# Live autoscaling, emulated compute: {a.profile}", "",
              f"Command: `{cmd}`", "",
-             f"{a.pattern} load {a.base:g} -> {a.spike:g} req/s (profile units; live / "
-             f"{a.time_scale:g}), period {a.period:g} s, spikes {a.spike_s:g} s; "
-             f"{a.duration:g} s per run; seeds {a.seeds}; time scale {a.time_scale:g}, "
-             f"cold-start scale {a.cold_start_scale:g}; {os.cpu_count()} cores."
-             + (" QUICK smoke run: not a result." if a.quick else ""), "",
-             "| method | runs | " + " | ".join(h for _, h, _ in METRICS) + " |",
-             "|---|---:|" + "---:|" * len(METRICS)]
-    for m, row in agg.items():
-        cells = []
-        for k, _, d in METRICS:
-            mu, h = row[k]
-            cells.append("-" if not math.isfinite(mu) else
-                         f"{mu:.{d}f}" + (f" ± {h:.{d}f}" if math.isfinite(h) else ""))
-        lines.append(f"| {m} | {row['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "± : half-width of the 95 % confidence interval over seeds (Student t)."]
+             f"{a.duration:g} s of load per run; seeds {a.seeds}; time scale "
+             f"{a.time_scale:g} (service times x {a.time_scale:g}, rates / "
+             f"{a.time_scale:g}), cold-start scale {a.cold_start_scale:g}; every method of "
+             f"a seed ran at the same time, each on its own logical node shaped like the "
+             f"profile's cluster, on one Ray on {os.cpu_count()} cores."
+             + (" QUICK smoke run: not a result." if a.quick else ""), ""]
+    for p, rows in agg.items():
+        base, spike = rates(a, p)
+        shape = {"burst": f"burst {base:g} -> {spike:g} req/s (profile units) for "
+                          f"{a.spike_s:g} s of every {a.period:g} s, first after "
+                          f"{a.phase:g} s",
+                 "ramp": f"ramp {base:g} -> {spike:g} req/s (profile units)",
+                 "poisson": f"Poisson {base:g} req/s (profile units)"}[p]
+        lines += [f"## {p}", "", shape + ".", "",
+                  "| method | runs | " + " | ".join(h for _, h, _ in METRICS) + " |",
+                  "|---|---:|" + "---:|" * len(METRICS)]
+        for m, row in rows.items():
+            lines.append(f"| {m} | {row['n']} | "
+                         + " | ".join(_fmt(row[k], d) for k, _, d in METRICS) + " |")
+        if REFERENCE in rows:
+            lines += ["", f"Paired with `{REFERENCE}` in the same seed:", "",
+                      "| method | pairs | p99 ratio | replica-s ratio | attainment diff |",
+                      "|---|---:|---:|---:|---:|"]
+            for m, row in rows.items():
+                if m == REFERENCE:
+                    continue
+                lines.append(f"| {m} | {row['n_paired']} | {_fmt(row['p99_ratio'], 2)} | "
+                             f"{_fmt(row['replica_s_ratio'], 2)} | "
+                             f"{_fmt(row['attainment_diff'], 3)} |")
+            if "sair-retrieval" in rows:
+                met = target_met(rows["sair-retrieval"])
+                lines += ["", "Target (SAIR at equal or higher attainment, p99 <= "
+                          f"{TARGET_P99_RATIO:g}x and replica-s <= {TARGET_REPLICA_S_RATIO:g}x "
+                          f"Serve's, on the means): "
+                          + {True: "**met**", False: "**missed**", None: "no pairs"}[met]
+                          + "."]
+        lines.append("")
+    lines += ["± : half-width of the 95 % confidence interval over seeds (Student t).",
+              "Labelled: emulated compute (replicas wait out the profile's service times; "
+              "the control plane is real Ray Serve)."]
     return "\n".join(lines) + "\n"
 
 
@@ -344,36 +523,33 @@ def _clean(x: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sair_ray.emulate import emulated_ray
+    from sair_ray.emulate import partitioned_ray
     from sair_ray.profiles import load_profile
 
     a = parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     cmd = "benchmarks/bench_live.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    arm_list = arms(a)
     runs: list[dict[str, Any]] = []
-
-    def go(dashboard: str) -> None:
+    say(f"{a.profile}: {len(arm_list)} arms ({', '.join(a.pattern_list)} x "
+        f"{', '.join(a.method_list)}) x seeds {a.seeds}, {a.duration:g} s each; "
+        "emulated compute")
+    with partitioned_ray(load_profile(a.profile), len(arm_list),
+                         dashboard_port=a.dashboard_port) as c:
         for seed in a.seed_list:
-            for m in a.method_list:
-                say(f"run {m} seed {seed}")
-                try:
-                    runs.append(run_one(m, seed, a, dashboard, a.out))
-                except Exception as e:  # keep the other runs; the failure is reported
-                    say(f"run {m} seed {seed} failed: {e!r}")
-                    runs.append({"method": m, "seed": seed, "error": repr(e)})
-                (a.out / "runs.json").write_text(json.dumps(_clean(runs), indent=1))
-
-    if a.dashboard:
-        go(a.dashboard)
-    else:
-        with emulated_ray(load_profile(a.profile), dashboard_port=a.dashboard_port) as c:
-            go(c.dashboard)
-    agg = aggregate(runs, a.method_list)
+            try:
+                runs += run_seed(seed, arm_list, a, c.dashboard, a.out)
+            except Exception as e:  # keep the other seeds; the failure is reported
+                say(f"seed {seed} failed: {e!r}")
+                runs += [{"method": arm.method, "pattern": arm.pattern, "seed": seed,
+                          "error": repr(e)} for arm in arm_list]
+            (a.out / "runs.json").write_text(json.dumps(_clean(runs), indent=1))
+    agg = aggregate(runs, a.method_list, a.pattern_list)
     text = markdown(agg, a, cmd.strip())
     (a.out / "results.md").write_text(text)
     (a.out / "runs.json").write_text(json.dumps(_clean(runs), indent=1))
     print(text)
-    return 0 if all("error" not in r for r in runs) else 1
+    return 0 if all(_ok(r) for r in runs) else 1
 
 
 if __name__ == "__main__":

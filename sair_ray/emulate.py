@@ -18,6 +18,10 @@ Everything here is the simulator's model, reused rather than re-derived:
 - `emulated_ray(profile)`: a local Ray whose *logical* resources are the profile's cluster
   (CPUs, GPUs, memory), so Serve schedules, queues and leaves replicas pending as on that
   cluster, while the replicas use next to no real CPU.
+- `partitioned_ray(profile, n)`: one local Ray with `n` logical nodes, each shaped like the
+  profile's cluster and tagged with a resource of its own (`partition_resource(i)`), so
+  `n` apps run side by side, each confined to its node (benchmarks/bench_live.py runs the
+  methods it compares at the same time this way).
 
 Outputs built on this are labelled `EMULATED` ("emulated compute"): the service times are
 the model's, not measured work; the control plane (proxy, router, controller, replicas
@@ -197,11 +201,12 @@ def controller_profile(profile: str, time_scale: float, *, replicas_max: int,
     emulated app should read it, as a YAML mapping: the SLA time-scaled, every stage's
     replicas capped at `replicas_max`, CPU and memory pinned to the initial values (replica
     moves only: a CPU change would be a rolling restart of sleeping replicas), and the
-    app's ingress deployment as a pinned first stage. The ingress stage is needed because,
-    with a profile, the backend hands Serve's ingress deployment to `ServeMetrics`, which
-    takes only a profile stage as its ingress; it keeps one replica of `ingress_cpu_m`
-    millicores, which the emulated ingress must then reserve (`num_cpus` =
-    ingress_cpu_m / 1000) instead of 0. The `sim:` blocks are kept and unused."""
+    app's ingress deployment as a pinned first stage. GPU stages are also capped at what
+    the profile's cluster holds (its GPUs / `gpus_per_replica`). The ingress stage is
+    needed because, with a profile, the backend hands Serve's ingress deployment to
+    `ServeMetrics`, which takes only a profile stage as its ingress; it keeps one replica
+    of `ingress_cpu_m` millicores, which the emulated ingress must then reserve
+    (`num_cpus` = ingress_cpu_m / 1000) instead of 0. The `sim:` blocks are kept and unused."""
     import importlib.resources
     from pathlib import Path
 
@@ -211,8 +216,14 @@ def controller_profile(profile: str, time_scale: float, *, replicas_max: int,
             (importlib.resources.files("sair_ray.profiles") / f"{profile}.yaml").read_text())
     prof = yaml.safe_load(text)
     prof["sla_ms"] = float(prof["sla_ms"]) * float(time_scale)
+    gpus = float((prof.get("cluster") or {}).get("gpus", 0))
     for st in prof["stages"]:
         st["replicas_max"] = int(replicas_max)
+        if st.get("kind") == "gpu" and gpus > 0:
+            # what the cluster can hold: the backend sizes the cluster from Ray's totals,
+            # which on a partitioned_ray are every partition's together
+            per = float(st.get("gpus_per_replica", 1)) or 1.0
+            st["replicas_max"] = max(1, min(int(replicas_max), int(gpus // per + 1e-9)))
         init = st["initial"]
         st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
         st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
@@ -290,3 +301,78 @@ def emulated_ray(profile: Profile, *, dashboard_port: int = 8265,
 
             serve.shutdown()
         ray.shutdown()
+
+
+# -- several emulated clusters side by side in one Ray ------------------------------------------
+PARTITION_PREFIX = "sair_partition_"
+
+
+def partition_resource(i: int) -> str:
+    """The custom resource that only logical node `i` of a `partitioned_ray` carries."""
+    return f"{PARTITION_PREFIX}{i}"
+
+
+def pin_to_partition(config: Mapping[str, Any], i: int) -> dict[str, Any]:
+    """A copy of the declarative Serve config `config` whose every deployment (ingress
+    included) needs a sliver of partition `i`'s resource, so all its replicas land on that
+    node and compete for that node's CPUs, GPUs and memory only."""
+    import copy
+
+    out = copy.deepcopy(dict(config))
+    for app in out.get("applications", []):
+        for d in app.get("deployments", []):
+            opts = d.setdefault("ray_actor_options", {})
+            opts["resources"] = {**(opts.get("resources") or {}), partition_resource(i): 0.001}
+    return out
+
+
+@dataclass(frozen=True)
+class PartitionedCluster:
+    address: str
+    dashboard: str              # host:port of the dashboard (Serve's REST API)
+    resources: Mapping[str, Any]  # of each partition: the profile's cluster
+    partitions: int
+
+
+@contextlib.contextmanager
+def partitioned_ray(profile: Profile, partitions: int, *, dashboard_port: int = 8265,
+                    object_store_mb: int = 100, env: Mapping[str, str] | None = None,
+                    metrics_report_interval_ms: int = 2000) -> Iterator[PartitionedCluster]:
+    """Start one local Ray (and connect to it): a head node with no CPUs or GPUs (the
+    dashboard, Serve's controller and its one proxy: Serve configs deployed here should say
+    `proxy_location: HeadOnly`) and `partitions` logical nodes, each with the profile's
+    cluster as its logical CPUs, GPUs and memory plus its own `partition_resource(i)`. On
+    exit Serve and Ray are shut down. Ray's temp dir is Ray's default (RAY_TMPDIR)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1 (got {partitions})")
+    res = cluster_resources(profile)
+    cluster = None
+    try:
+        with emulation_env(env):
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 0, "num_gpus": 0, "include_dashboard": True,
+                "dashboard_host": "127.0.0.1", "dashboard_port": int(dashboard_port),
+                "object_store_memory": object_store_mb * MB,
+                "_system_config": {"metrics_report_interval_ms":
+                                   int(metrics_report_interval_ms)}})
+            for i in range(partitions):
+                cluster.add_node(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"],
+                                 memory=res["memory"], object_store_memory=object_store_mb * MB,
+                                 resources={partition_resource(i): 1000.0})
+            cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
+        yield PartitionedCluster(cluster.address, f"127.0.0.1:{dashboard_port}", res,
+                                 partitions)
+    finally:
+        with contextlib.suppress(Exception):
+            from ray import serve
+
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.shutdown()

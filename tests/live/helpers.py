@@ -5,6 +5,7 @@ it sends."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,9 @@ class LoadResult:
 
 
 def drive(url: str, rate: float, duration_s: float, seed: int = 0,
-          timeout_s: float = 120) -> LoadResult:
-    """Poisson arrivals at `rate`/s for `duration_s`, open loop; waits for every answer."""
+          timeout_s: float = 120, stop: threading.Event | None = None) -> LoadResult:
+    """Poisson arrivals at `rate`/s for `duration_s` (or until `stop` is set: a test whose
+    checks all passed need not wait out the rest), open loop; waits for every answer."""
     import aiohttp
 
     res = LoadResult()
@@ -86,7 +88,7 @@ def drive(url: str, rate: float, duration_s: float, seed: int = 0,
             tasks, t, start = [], 0.0, time.time()
             while True:
                 t += rng.exponential(1 / rate)
-                if t >= duration_s:
+                if t >= duration_s or (stop is not None and stop.is_set()):
                     break
                 await asyncio.sleep(max(0.0, start + t - time.time()))
                 tasks.append(asyncio.create_task(one(session)))

@@ -1,8 +1,10 @@
-"""benchmarks/bench_live.py --quick on a private Ray shaped like the profile's cluster:
-SAIR (sair-retrieval), Ray Serve's autoscaler and the threshold rule each run once on the
-emulated image_classification app; every request is answered, every run is summarised,
-the controller's rounds succeed, and the report carries the "emulated compute" label.
-A smoke test of the harness (about 80 s), not a result."""
+"""benchmarks/bench_live.py --quick on its own partitioned Ray (one logical node shaped like
+the profile's cluster per method): SAIR (sair-retrieval), Ray Serve's autoscaler (its
+defaults and with SAIR's cooldowns as its delays) and the threshold rule run at the same
+time on the emulated image_classification app; every request is answered, every run is
+summarised, every app's replicas ran on its own node, the controllers' rounds succeed, and
+the report carries the "emulated compute" label. A smoke test of the harness, not a
+result."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_harness import free_port, private_ray
+from tests.ray_harness import free_port
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("aiohttp")
@@ -40,26 +42,26 @@ def test_mean_ci() -> None:
 
 @pytest.mark.timeout(240)
 def test_bench_live_quick(tmp_path: Path) -> None:
-    from sair_ray.emulate import cluster_resources, emulation_env
-    from sair_ray.profiles import load_profile
-
     bench = _bench()
-    res = cluster_resources(load_profile("image_classification"))
-    with emulation_env(), private_ray(res["num_cpus"], dashboard=True,
-                                      num_gpus=res["num_gpus"], memory=res["memory"],
-                                      _system_config={"metrics_report_interval_ms": 1000}) as c:
-        rc = bench.main(["--quick", "--dashboard", str(c.dashboard), "--http-port",
-                         str(free_port()), "--out", str(tmp_path)])
+    rc = bench.main(["--quick", "--dashboard-port", str(free_port()), "--http-port",
+                     str(free_port()), "--out", str(tmp_path)])
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert rc == 0, runs
-    assert [r["method"] for r in runs] == ["sair-retrieval", "serve", "threshold"]
+    assert [r["method"] for r in runs] == ["sair-retrieval", "serve", "serve-cooldowns",
+                                           "threshold"]
+    assert {r["pattern"] for r in runs} == {"burst"}
+    # each app's replicas ran on one logical node, a different one for every app
+    assert all(len(r["nodes"]) == 1 for r in runs), [r["nodes"] for r in runs]
+    assert len({r["nodes"][0] for r in runs}) == len(runs)
     for r in runs:
         assert r["counts"] == {"ok": r["ok"]} and r["ok"] > 0, r   # every request answered
         assert r["p99_ms"] > 0 and 0 <= r["attainment"] <= 1
         assert r["replica_s_total"] > 0 and r["usd_per_1000_ok"] > 0
     for r in runs:
-        if r["method"] != "serve":
+        if r["method"] not in ("serve", "serve-cooldowns"):
             assert r["sair_status"]["rounds_ok"] >= 1, r["sair_status"]
     text = (tmp_path / "results.md").read_text()
     assert "emulated compute" in text and "QUICK smoke run" in text
     assert "| sair-retrieval | 1 |" in text and "| serve | 1 |" in text
+    assert "| serve-cooldowns | 1 | " in text        # its paired ratios to serve
+    assert "Target (SAIR at equal or higher attainment" in text

@@ -125,14 +125,18 @@ class Load:
     def __init__(self, url: str, rate: float, duration_s: float) -> None:
         self.result: Any = None
         self.started = time.time()
+        self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(url, rate, duration_s),
                                    daemon=True)
         self._t.start()
 
     def _run(self, url: str, rate: float, duration_s: float) -> None:
-        self.result = drive(url, rate=rate, duration_s=duration_s, seed=7)
+        self.result = drive(url, rate=rate, duration_s=duration_s, seed=7, stop=self._stop)
 
-    def join(self) -> Any:
+    def join(self, stop: bool = False) -> Any:
+        """Wait for every answer; `stop`: send nothing more first (the checks are done)."""
+        if stop:
+            self._stop.set()
         self._t.join(300)
         assert self.result is not None, "the load driver did not finish"
         return self.result
@@ -160,7 +164,7 @@ def test_external_scaler_mode_scales_the_slow_deployment(monkeypatch, tmp_path) 
         until(lambda: targets(admin)["infer"] >= 2, 3 * INTERVAL + 10,
               lambda: f"SAIR scales infer within 3 rounds: {targets(admin)}, "
                       f"{handle.decisions(3)}")
-        _assert_nothing_lost(load.join())
+        _assert_nothing_lost(load.join(stop=True))
         ups = [d for d in handle.decisions(0)
                if d["action"].get("infer", {}).get("replicas", 0) > 0]
         assert ups, "the scale-up is SAIR's (in its decision log)"
@@ -197,4 +201,4 @@ def test_serve_native_mode_falls_back_when_sair_dies_and_resumes(monkeypatch,
                "sair-retrieval", data_dir=tmp_path)
         until(lambda: read_modes(APP)["modes"]["infer"] == SAIR, 3 * INTERVAL + 15,
               lambda: f"SAIR resumes: {read_modes(APP)}")
-        _assert_nothing_lost(load.join())
+        _assert_nothing_lost(load.join(stop=True))

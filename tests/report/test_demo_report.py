@@ -139,6 +139,7 @@ def test_the_emulated_demo_app_and_its_controller_profile():
         "ingress", "preprocess", "inference", "postprocess"]
     pre = prof["stages"][1]
     assert pre["replicas_max"] == 4 and pre["cpu_m_min"] == pre["cpu_m_max"] == 1000
+    assert prof["stages"][2]["replicas_max"] == 2     # inference: the cluster's 2 GPUs
     assert EMULATED_CONFIG["pipeline"] == {"metrics": "serve"}
     assert EMULATED_CONFIG["validator"]["rate_min"] == EMULATED_CONFIG["validator"][
         "rate_max"] == 1.0

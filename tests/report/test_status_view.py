@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,21 +106,36 @@ def test_top_follows_a_log_until_ctrl_c(sim_run, tmp_path):
     lines = path.read_bytes().splitlines(keepends=True)
     log = tmp_path / "decisions.jsonl"
     log.write_bytes(b"".join(lines[:20]))
-    proc = subprocess.Popen([sys.executable, "-m", "sair_ray.cli", "top", str(log),
-                             "--interval", "0.3"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
-    try:
-        # imports and the first frame: 8 s were not always enough on a 2-core machine at
-        # load 7 (a CI run beside the suite)
-        time.sleep(20)
-        with open(log, "ab") as f:
-            f.write(b"".join(lines[20:]))
-        time.sleep(5)
-        proc.send_signal(signal.SIGINT)
-        out, errs = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
+    screen = tmp_path / "screen.txt"
+
+    def shown() -> str:   # the screen as text: escape sequences (cursor moves, styles) out
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.read_text(errors="replace"))
+
+    def wait_for(cond, timeout_s: float) -> None:
+        # polled rather than slept: imports and the first frame took from 2 s to over 8 s
+        # on a 2-core machine, depending on what else ran (the frames reach the file
+        # as they are drawn because the console is told it is a terminal)
+        deadline = time.time() + timeout_s
+        while not cond() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+
+    with open(screen, "w") as out_f:
+        proc = subprocess.Popen([sys.executable, "-m", "sair_ray.cli", "top", str(log),
+                                 "--interval", "0.3"], stdout=out_f,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "200", "TERM": "xterm",
+                                     "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1",
+                                     "NO_COLOR": "1"})
+        try:
+            wait_for(lambda: "last decision: round" in shown(), 60)
+            with open(log, "ab") as f:
+                f.write(b"".join(lines[20:]))
+            wait_for(lambda: f"last decision: round {ROUNDS - 1}" in shown(), 30)
+            proc.send_signal(signal.SIGINT)
+            _, errs = proc.communicate(timeout=90)
+        finally:
+            proc.kill()
+    out = shown()
     assert proc.returncode == 0, errs[-2000:]
     assert "Traceback" not in errs
     assert f"last decision: round {ROUNDS - 1}" in out  # it saw the log grow

@@ -126,6 +126,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-live")
     ap.add_argument("--http-port", type=int, default=8431)
     ap.add_argument("--dashboard-port", type=int, default=8488)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the seeds --out/runs.json already holds complete (every arm, "
+                         "no error) and run only the others")
     ap.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
     a = ap.parse_args(argv)
     a.warm_start = True
@@ -401,7 +404,11 @@ def summarise(results: list[Any], samples: list[dict[str, Any]], prof: Any,
                                      init[n].mem_mb, init[n].rate)
         usd += cost.rate(alloc, effective=True) * dt / 3600
     n_ok = len(ok)
-    return {"counts": counts, "ok": n_ok,
+    errors: dict[str, int] = {}   # what went wrong, by message (at most 5 kinds kept)
+    for r in results:
+        if r.status != "ok" and (r.error in errors or len(errors) < 5):
+            errors[r.error] = errors.get(r.error, 0) + 1
+    return {"counts": counts, "ok": n_ok, "errors": errors,
             "p50_ms": float(np.percentile(ok, 50)) if n_ok else math.nan,
             "p99_ms": float(np.percentile(ok, 99)) if n_ok else math.nan,
             "sla_ms": sla,
@@ -522,21 +529,43 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def kept_runs(path: Path, arm_list: list[Arm], seeds: list[int]) -> list[dict[str, Any]]:
+    """The runs of `path` (an earlier runs.json) that --resume keeps: those of every seed in
+    `seeds` whose arms are all there, each without an error."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    want = {(arm.pattern, arm.method) for arm in arm_list}
+    keep: list[dict[str, Any]] = []
+    for seed in seeds:
+        rs = [r for r in old if r.get("seed") == seed
+              and (r.get("pattern"), r.get("method")) in want]
+        if len(rs) == len(want) and {(r["pattern"], r["method"]) for r in rs
+                                     if _ok(r)} == want:
+            keep += rs
+    return keep
+
+
 def main(argv: list[str] | None = None) -> int:
     from sair_ray.emulate import partitioned_ray
     from sair_ray.profiles import load_profile
 
     a = parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    cmd = "benchmarks/bench_live.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "benchmarks/bench_live.py " + " ".join(
+        x for x in (sys.argv[1:] if argv is None else argv) if x != "--resume")
     arm_list = arms(a)
-    runs: list[dict[str, Any]] = []
+    runs = kept_runs(a.out / "runs.json", arm_list, a.seed_list) if a.resume else []
+    todo = [s for s in a.seed_list if s not in {r["seed"] for r in runs}]
+    if runs:
+        say(f"--resume: keeping seed(s) {sorted({r['seed'] for r in runs})} from "
+            f"{a.out / 'runs.json'}")
     say(f"{a.profile}: {len(arm_list)} arms ({', '.join(a.pattern_list)} x "
-        f"{', '.join(a.method_list)}) x seeds {a.seeds}, {a.duration:g} s each; "
+        f"{', '.join(a.method_list)}) x seeds {todo}, {a.duration:g} s each; "
         "emulated compute")
     with partitioned_ray(load_profile(a.profile), len(arm_list),
                          dashboard_port=a.dashboard_port) as c:
-        for seed in a.seed_list:
+        for seed in todo:
             try:
                 runs += run_seed(seed, arm_list, a, c.dashboard, a.out)
             except Exception as e:  # keep the other seeds; the failure is reported

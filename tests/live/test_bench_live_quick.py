@@ -40,6 +40,21 @@ def test_mean_ci() -> None:
     assert mu == 5.0 and h != h                                 # NaN: one seed, no interval
 
 
+def test_resume_keeps_only_complete_seeds(tmp_path: Path) -> None:
+    bench = _bench()
+    arms = bench.arms(bench.parse_args(["--patterns", "burst",
+                                        "--methods", "sair-retrieval,serve"]))
+    runs = [{"seed": 0, "pattern": "burst", "method": "sair-retrieval", "ok": 1},
+            {"seed": 0, "pattern": "burst", "method": "serve", "ok": 1},
+            {"seed": 1, "pattern": "burst", "method": "sair-retrieval", "ok": 1},
+            {"seed": 1, "pattern": "burst", "method": "serve", "error": "boom"},
+            {"seed": 2, "pattern": "burst", "method": "serve", "ok": 1}]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    kept = bench.kept_runs(tmp_path / "runs.json", arms, [0, 1, 2])
+    assert kept == runs[:2]      # seed 1 failed an arm, seed 2 lacks one: both run again
+    assert bench.kept_runs(tmp_path / "none.json", arms, [0]) == []
+
+
 @pytest.mark.timeout(240)
 def test_bench_live_quick(tmp_path: Path) -> None:
     bench = _bench()

@@ -27,10 +27,11 @@ $(STAMP): $(LOCK) pyproject.toml
 	# llama-cpp-python ships no Linux wheels on PyPI: it compiles (~4 min on 2 cores);
 	# GGML_NATIVE=OFF keeps the binary portable across the CPUs a venv may be copied to;
 	# LLAVA_BUILD=OFF skips its multimodal library (SAIR's policy reads text only).
-	# --no-compile: Python compiles what is imported when it is first imported, instead of
-	# pip compiling all ~26 000 files of the lock one by one (about a minute on 2 cores).
+	# pip byte-compiles what it installs (about a minute here), and that must stay: where
+	# PYTHONDONTWRITEBYTECODE is set (as on the CI machines) nothing else would, and every
+	# Ray worker would compile Ray, Serve and their imports again (+5 min of `make test`).
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-	  $(PIP) install --quiet --no-compile --require-hashes --no-deps -r $(LOCK)
+	  $(PIP) install --quiet --require-hashes --no-deps -r $(LOCK)
 	# The project itself, built with the locked setuptools, its dependencies already there.
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	$(PIP) check

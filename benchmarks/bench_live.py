@@ -53,7 +53,7 @@ equal or higher attainment, p99 <= 0.8x and replica-seconds <= 1.0x Serve's). Ou
 
 `--quick` (the test's mode): one seed, burst only, 8 s of light load, 3 s SAIR rounds,
 short Serve delays, cold starts x 0.02 (and no warm initial deployment); a smoke run, not a
-result. Full runs (>= 15 min x 3 seeds) take about an hour per profile: see
+result. Full runs (>= 15 min x 3 seeds) take about an hour per profile and pattern: see
 docs/emulation.md.
 """
 

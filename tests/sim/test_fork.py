@@ -161,9 +161,14 @@ def test_fork_cost_is_small_and_does_not_grow_with_the_run():
     early, late = cost(120), cost(900)
     assert early < 0.005 and late < 0.005   # ~0.1-0.3 ms measured (docs/regret.md)
     point = Fork(sim)
-    t0 = time.perf_counter()
-    point.play({"score": A(2, 1000, 1024)}, sim.now + 30)
-    assert time.perf_counter() - t0 < 0.5   # 30 s of 150 req/s: ~15 ms measured
+    plays = []
+    # Best of three: each play is its own branch, so a scheduler or GC pause on a busy
+    # machine (one CI run measured 0.6 s once) cannot fail a check about the code's cost.
+    for _ in range(3):
+        t0 = time.perf_counter()
+        point.play({"score": A(2, 1000, 1024)}, sim.now + 30)
+        plays.append(time.perf_counter() - t0)
+    assert min(plays) < 0.5   # 30 s of 150 req/s: ~15 ms measured
 
 
 def test_counterfactual_benchmark_quick_mode(capsys):

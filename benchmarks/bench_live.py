@@ -130,7 +130,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="keep the seeds --out/runs.json already holds complete (every arm, "
                          "no error) and run only the others")
     ap.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
+    ap.add_argument("--summary", nargs="+", type=Path, metavar="DIR",
+                    help="print one table of every cell (profile x pattern) in these earlier "
+                         "--out directories and exit; runs nothing")
     a = ap.parse_args(argv)
+    if a.summary:
+        return a
     a.warm_start = True
     if a.quick:
         a.seeds, a.duration, a.interval, a.patterns = "0", 8.0, 3.0, "burst"
@@ -517,6 +522,61 @@ def markdown(agg: dict[str, dict[str, dict[str, Any]]], a: argparse.Namespace,
     return "\n".join(lines) + "\n"
 
 
+def seed_targets(runs: list[dict[str, Any]], pattern: str) -> tuple[int, int]:
+    """(seeds where SAIR met the target against Serve's run of the same seed, seeds with
+    both runs)."""
+    by = {(r["seed"], r["method"]): r for r in runs if r.get("pattern") == pattern and _ok(r)}
+    met = n = 0
+    for seed in sorted({s for s, _ in by}):
+        sair, ref = by.get((seed, "sair-retrieval")), by.get((seed, REFERENCE))
+        if sair is None or ref is None:
+            continue
+        n += 1
+        met += (sair["attainment"] >= ref["attainment"]
+                and sair["p99_ms"] <= TARGET_P99_RATIO * ref["p99_ms"]
+                and sair["replica_s_total"] <= TARGET_REPLICA_S_RATIO * ref["replica_s_total"])
+    return met, n
+
+
+def summary(dirs: list[Path]) -> str:
+    """One row per cell (profile x pattern) of earlier runs: SAIR's paired ratios to Serve's
+    autoscaler and whether it met the target, on the means and per seed."""
+    from sair_ray.profiles import load_profile
+
+    lines = ["| profile | pattern | time scale | seeds | SAIR p99 / Serve's | "
+             "SAIR replica-s / Serve's | attainment SAIR, Serve | target met: means | "
+             "seeds |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    cells = met_cells = 0
+    for d in dirs:
+        runs_path, prof_path = d / "runs.json", d / "sair-profile.yaml"
+        if not runs_path.is_file() or not prof_path.is_file():
+            raise SystemExit(f"{d}: no runs.json and sair-profile.yaml there: not an --out "
+                             "directory of this benchmark")
+        runs = json.loads(runs_path.read_text())
+        ctl = yaml.safe_load(prof_path.read_text())
+        scale = float(ctl["sla_ms"]) / load_profile(ctl["name"]).pipeline.sla_ms
+        patterns = [p for p in PATTERNS if any(r.get("pattern") == p for r in runs)]
+        for p, rows in aggregate(runs, [REFERENCE, "sair-retrieval"], patterns).items():
+            sair, ref = rows["sair-retrieval"], rows[REFERENCE]
+            met = target_met(sair)
+            n_met, n = seed_targets(runs, p)
+            cells += met is not None
+            met_cells += bool(met)
+            lines.append(
+                f"| {ctl['name']} | {p} | {scale:g} | {sair['n_paired']} | "
+                f"{_fmt(sair['p99_ratio'], 2)} | {_fmt(sair['replica_s_ratio'], 2)} | "
+                f"{_fmt(sair['attainment'], 3)}, {_fmt(ref['attainment'], 3)} | "
+                + {True: "**met**", False: "missed", None: "-"}[met]
+                + f" | {n_met} of {n} |")
+    lines += ["", f"Target (SAIR at equal or higher SLA attainment, p99 <= "
+              f"{TARGET_P99_RATIO:g}x and replica-seconds <= {TARGET_REPLICA_S_RATIO:g}x "
+              f"Serve's default autoscaler, paired by seed) met on the means in {met_cells} "
+              f"of {cells} cells run. ± : half-width of the 95 % confidence interval over "
+              "seeds (Student t). Emulated compute: replicas wait out the profile's service "
+              "times; the control plane is real Ray Serve."]
+    return "\n".join(lines) + "\n"
+
+
 def _clean(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}
@@ -551,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     from sair_ray.profiles import load_profile
 
     a = parse_args(argv)
+    if a.summary:
+        print(summary(a.summary), end="")
+        return 0
     a.out.mkdir(parents=True, exist_ok=True)
     cmd = "benchmarks/bench_live.py " + " ".join(
         x for x in (sys.argv[1:] if argv is None else argv) if x != "--resume")

@@ -176,12 +176,9 @@ def serve_config(apps: list[str], http_port: int, pre_ms: float) -> dict[str, An
 
 def pinned_profile(path: Path) -> Path:
     """tiny_pipeline.yaml with CPU and memory pinned to the initial values, <= 2 replicas."""
-    prof = yaml.safe_load(PROFILE.read_text())
-    for st in prof["stages"]:
-        init = st["initial"]
-        st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
-        st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
-        st["replicas_max"] = 2
+    from sair_ray.profiles import replica_moves_only
+
+    prof = replica_moves_only(yaml.safe_load(PROFILE.read_text()), replicas_max=2)
     path.write_text(yaml.safe_dump(prof, sort_keys=False))
     return path
 

@@ -107,12 +107,9 @@ def actor_pid(name: str, namespace: str) -> int:
 
 def pinned_profile(path: Path) -> Path:
     """The shipped profile, CPU and memory pinned to the initial values, <= 2 replicas."""
-    prof = yaml.safe_load(PROFILE.read_text())
-    for st in prof["stages"]:
-        init = st["initial"]
-        st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
-        st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
-        st["replicas_max"] = 2
+    from sair_ray.profiles import replica_moves_only
+
+    prof = replica_moves_only(yaml.safe_load(PROFILE.read_text()), replicas_max=2)
     path.write_text(yaml.safe_dump(prof, sort_keys=False))
     return path
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from sair_ray.profiles import Profile
+from sair_ray.profiles import Profile, replica_moves_only
 from sair_ray.sim.distributions import Dist
 from sair_ray.sim.model import StageModel
 from sair_ray.types import StageKind
@@ -214,19 +214,15 @@ def controller_profile(profile: str, time_scale: float, *, replicas_max: int,
 
     text = (Path(profile).read_text() if "/" in profile or profile.endswith(".yaml") else
             (importlib.resources.files("sair_ray.profiles") / f"{profile}.yaml").read_text())
-    prof = yaml.safe_load(text)
+    prof = replica_moves_only(yaml.safe_load(text), replicas_max=int(replicas_max))
     prof["sla_ms"] = float(prof["sla_ms"]) * float(time_scale)
     gpus = float((prof.get("cluster") or {}).get("gpus", 0))
     for st in prof["stages"]:
-        st["replicas_max"] = int(replicas_max)
         if st.get("kind") == "gpu" and gpus > 0:
             # what the cluster can hold: the backend sizes the cluster from Ray's totals,
             # which on a partitioned_ray are every partition's together
             per = float(st.get("gpus_per_replica", 1)) or 1.0
             st["replicas_max"] = max(1, min(int(replicas_max), int(gpus // per + 1e-9)))
-        init = st["initial"]
-        st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
-        st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
     prof["stages"].insert(0, {
         "name": ingress, "kind": "cpu", "replicas_min": 1, "replicas_max": 1,
         "cpu_m_min": ingress_cpu_m, "cpu_m_max": ingress_cpu_m, "mem_mb_min": 1024,
@@ -296,11 +292,25 @@ def emulated_ray(profile: Profile, *, dashboard_port: int = 8265,
         dash = str(getattr(ctx, "dashboard_url", "") or f"127.0.0.1:{dashboard_port}")
         yield EmulatedCluster(ray.get_runtime_context().gcs_address, dash, res)
     finally:
+        shutdown_ray()
+
+
+def shutdown_ray(cluster: Any = None) -> None:
+    """Shut down Serve, this process's Ray connection and then `cluster` (a
+    `ray.cluster_utils.Cluster`, if any), each step even when an earlier one failed:
+    cleanup must not hide the error that led to it."""
+    import ray
+
+    if ray.is_initialized():
         with contextlib.suppress(Exception):
             from ray import serve
 
             serve.shutdown()
-        ray.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+    if cluster is not None:
+        with contextlib.suppress(Exception):
+            cluster.shutdown()
 
 
 # -- several emulated clusters side by side in one Ray ------------------------------------------
@@ -367,12 +377,4 @@ def partitioned_ray(profile: Profile, partitions: int, *, dashboard_port: int = 
         yield PartitionedCluster(cluster.address, f"127.0.0.1:{dashboard_port}", res,
                                  partitions)
     finally:
-        with contextlib.suppress(Exception):
-            from ray import serve
-
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.shutdown()
+        shutdown_ray(cluster)

@@ -144,18 +144,9 @@ def private_ray(num_cpus: int = 4, *, dashboard: bool = False, connect: bool = T
 
 
 def _stop(cluster: object | None, tmp: Path) -> None:
-    import ray
+    from sair_ray.emulate import shutdown_ray
 
-    if ray.is_initialized():
-        with contextlib.suppress(Exception):
-            from ray import serve
-
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-    if cluster is not None:
-        with contextlib.suppress(Exception):
-            cluster.shutdown()  # type: ignore[attr-defined]
+    shutdown_ray(cluster)
     # Whatever survived (a worker the raylet did not reap, a stuck dashboard module).
     kill_tree(str(tmp))
     deadline = time.monotonic() + 10

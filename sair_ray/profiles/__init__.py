@@ -17,8 +17,9 @@ from sair_ray.profiles.loader import (
     load_profile,
     profile_from_dict,
     profile_from_yaml,
+    replica_moves_only,
 )
 
 __all__ = ["PROFILE_PACKAGE", "Profile", "ProfileError", "list_profiles", "load_pipeline",
            "load_profile",
-           "profile_from_dict", "profile_from_yaml"]
+           "profile_from_dict", "profile_from_yaml", "replica_moves_only"]

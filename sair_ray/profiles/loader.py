@@ -119,6 +119,26 @@ def load_pipeline(name_or_path: str | Path) -> PipelineSpec:
     return _parse(_yaml(text, str(p)), str(p), str(p.parent), need_sim=False).pipeline
 
 
+def replica_moves_only(data: Mapping[str, Any], *,
+                       replicas_max: int | Mapping[str, int] | None = None) -> dict[str, Any]:
+    """A copy of a profile mapping (a profile YAML's contents) whose every stage has its CPU
+    and memory pinned to its initial values, so a controller reading it moves replica
+    counts only (a CPU or memory change of a Serve deployment restarts every replica);
+    `replicas_max`: a ceiling for every stage, or per stage name."""
+    import copy
+
+    out = copy.deepcopy(dict(data))
+    for st in out["stages"]:
+        init = st["initial"]
+        st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
+        st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
+        if isinstance(replicas_max, int):
+            st["replicas_max"] = replicas_max
+        elif replicas_max and st["name"] in replicas_max:
+            st["replicas_max"] = replicas_max[st["name"]]
+    return out
+
+
 def profile_from_yaml(text: str, source: str = "<string>",
                       base_dir: str | None = None) -> Profile:
     return profile_from_dict(_yaml(text, source), source=source, base_dir=base_dir)

@@ -55,6 +55,19 @@ def test_resume_keeps_only_complete_seeds(tmp_path: Path) -> None:
     assert bench.kept_runs(tmp_path / "none.json", arms, [0]) == []
 
 
+def test_summary_of_the_committed_cells(tmp_path: Path) -> None:
+    """--summary reads earlier --out directories: the committed image classification cell
+    gives its published ratios and per-seed count (docs/benchmarks.md)."""
+    bench = _bench()
+    results = BENCH.parents[1] / "docs" / "results"
+    text = bench.summary([results / "live-image_classification"])
+    assert ("| image_classification | burst | 40 | 3 | 0.61 ± 0.43 | 0.78 ± 0.17 | "
+            "0.976 ± 0.094, 0.900 ± 0.175 | **met** | 2 of 3 |") in text
+    assert "met on the means in 1 of 1 cells run" in text
+    with pytest.raises(SystemExit, match="not an --out directory"):
+        bench.summary([tmp_path])
+
+
 @pytest.mark.timeout(240)
 def test_bench_live_quick(tmp_path: Path) -> None:
     bench = _bench()

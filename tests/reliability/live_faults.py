@@ -93,15 +93,11 @@ def pinned_profile(path: Path, *, sla_ms: float | None = None,
     """The shipped profile with every stage's CPU and memory pinned to its initial value
     (so the only moves are replica counts: no rolling restarts on two cores), optionally
     another SLA and per-stage replica ceilings."""
-    prof = yaml.safe_load(PROFILE.read_text())
+    from sair_ray.profiles import replica_moves_only
+
+    prof = replica_moves_only(yaml.safe_load(PROFILE.read_text()), replicas_max=replicas_max)
     if sla_ms is not None:
         prof["sla_ms"] = sla_ms
-    for st in prof["stages"]:
-        init = st["initial"]
-        st["cpu_m_min"] = st["cpu_m_max"] = init["cpu_m"]
-        st["mem_mb_min"] = st["mem_mb_max"] = init["mem_mb"]
-        if replicas_max and st["name"] in replicas_max:
-            st["replicas_max"] = replicas_max[st["name"]]
     path.write_text(yaml.safe_dump(prof, sort_keys=False))
     return path
 

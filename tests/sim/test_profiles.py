@@ -190,3 +190,24 @@ def test_a_live_pipeline_needs_neither_sim_nor_initial(tmp_path):
         load_profile(path)
     # shipped names still work
     assert load_pipeline("nlp_analysis") == load_profile("nlp_analysis").pipeline
+
+
+def test_replica_moves_only_pins_cpu_and_memory_and_caps_replicas():
+    from pathlib import Path
+
+    import sair_ray.profiles
+    from sair_ray.profiles import replica_moves_only
+
+    path = Path(sair_ray.profiles.__file__).parent / "image_classification.yaml"
+    data = yaml.safe_load(path.read_text())
+    text = path.read_text()
+    out = replica_moves_only(data, replicas_max={"inference": 2})
+    assert data == yaml.safe_load(text)                       # the input is left alone
+    for st in out["stages"]:
+        init = st["initial"]
+        assert st["cpu_m_min"] == st["cpu_m_max"] == init["cpu_m"]
+        assert st["mem_mb_min"] == st["mem_mb_max"] == init["mem_mb"]
+    assert [st.get("replicas_max") for st in out["stages"]] == [None, 2, None]
+    capped = replica_moves_only(data, replicas_max=3)
+    assert {st["replicas_max"] for st in capped["stages"]} == {3}
+    assert profile_from_dict(out).pipeline.stage("inference").replicas_max == 2

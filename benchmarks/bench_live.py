@@ -466,13 +466,20 @@ def _fmt(x: tuple[float, float], d: int) -> str:
     return f"{mu:.{d}f}" + (f" ± {h:.{d}f}" if math.isfinite(h) else "")
 
 
+def meets_target(attainment_diff: float, p99_ratio: float, replica_s_ratio: float) -> bool:
+    """Issue 16's target, SAIR against Serve's autoscaler: attainment at least Serve's,
+    p99 <= 0.8x and replica-seconds <= 1.0x Serve's."""
+    return (attainment_diff >= 0 and p99_ratio <= TARGET_P99_RATIO
+            and replica_s_ratio <= TARGET_REPLICA_S_RATIO)
+
+
 def target_met(row: dict[str, Any]) -> bool | None:
-    """Issue 16's target for one cell, on the means: SAIR's attainment at least Serve's,
-    p99 <= 0.8x and replica-seconds <= 1.0x Serve's (paired ratios); None without pairs."""
+    """The target for one cell, on the means of the paired differences and ratios; None
+    without pairs."""
     if not row["n_paired"]:
         return None
-    return (row["attainment_diff"][0] >= 0 and row["p99_ratio"][0] <= TARGET_P99_RATIO
-            and row["replica_s_ratio"][0] <= TARGET_REPLICA_S_RATIO)
+    return meets_target(row["attainment_diff"][0], row["p99_ratio"][0],
+                        row["replica_s_ratio"][0])
 
 
 def markdown(agg: dict[str, dict[str, dict[str, Any]]], a: argparse.Namespace,
@@ -532,9 +539,9 @@ def seed_targets(runs: list[dict[str, Any]], pattern: str) -> tuple[int, int]:
         if sair is None or ref is None:
             continue
         n += 1
-        met += (sair["attainment"] >= ref["attainment"]
-                and sair["p99_ms"] <= TARGET_P99_RATIO * ref["p99_ms"]
-                and sair["replica_s_total"] <= TARGET_REPLICA_S_RATIO * ref["replica_s_total"])
+        met += meets_target(sair["attainment"] - ref["attainment"],
+                            sair["p99_ms"] / ref["p99_ms"],
+                            sair["replica_s_total"] / ref["replica_s_total"])
     return met, n
 
 

@@ -52,9 +52,13 @@ BLOCK_S = 10.0  # the simulator's arrival block (Simulation(block_s=10))
 
 # Ray starts one idle Python worker per logical CPU when the first driver connects: with a
 # 64-CPU profile on a 2-core machine that is 64 processes for nothing. Replicas start their
-# own workers anyway.
+# own workers anyway. Serve's proxy health check gives up after 10 s x 3 misses; on a few cores
+# a burst of replica processes starting can starve the proxy that long, and Serve would
+# restart it and drop every open connection (see HEALTH_CHECK_TIMEOUT_S in
+# serve_apps/emulated.py for the replicas' side).
 RAY_EMULATION_ENV = {"RAY_prestart_worker_first_driver": "0",
-                     "RAY_enable_worker_prestart": "0"}
+                     "RAY_enable_worker_prestart": "0",
+                     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
 
 
 # -- time scaling ----------------------------------------------------------------------------

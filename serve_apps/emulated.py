@@ -55,6 +55,12 @@ from sair_ray.types import StageAllocation, StageKind
 INGRESS = "ingress"
 INGRESS_CAPACITY = 10_000      # Serve max_ongoing_requests of the ingress: never the limit
 REQUEST_TIMEOUT_S = 300.0
+# Serve's replica health check gives up after 30 s (its default) x 3 misses. Emulation packs a
+# large cluster's replicas onto a few cores, where a burst of replica processes starting can
+# starve every event loop for that long; Serve would then restart replicas that are only
+# waiting out service times and lose their requests, measuring the machine, not the
+# autoscaler. Set here as deployment defaults, so a serve config can still override them.
+HEALTH_CHECK_TIMEOUT_S = 120.0
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -103,7 +109,7 @@ class _Emulator:
             self.busy = False
 
 
-@serve.deployment(max_ongoing_requests=1)
+@serve.deployment(max_ongoing_requests=1, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S)
 class EmulatedStage:
     """One profile stage: waits out the model's service time for its allocation."""
 
@@ -168,7 +174,8 @@ def _process_start() -> float:
     return born if now - born < 60.0 else now
 
 
-@serve.deployment(max_ongoing_requests=INGRESS_CAPACITY, ray_actor_options={"num_cpus": 0})
+@serve.deployment(max_ongoing_requests=INGRESS_CAPACITY, ray_actor_options={"num_cpus": 0},
+                  health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S)
 class EmulatedIngress:
     """HTTP entry: chains the stage handles (awaiting each, to time every hop), records
     every request. POST body: {"id": int, "refs": [s per stage]} (both optional).

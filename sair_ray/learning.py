@@ -1,9 +1,9 @@
 """Memory that corrects the rule (project extension, docs/algorithm.md §10).
 
-The §6 candidates size every stage with fixed rules (`policy/sizing.py`: a 60 %
-utilisation target, capacity kept for 10 minutes after a peak), and the §4 episodes can
-only change a step size. This module keeps what the outcomes of past rounds say, per load
-level, and turns it into moves the rule cannot make:
+The §6 candidates size every stage with fixed rules (`policy/sizing.py`: a utilisation
+target from the SLA's queueing budget, capacity kept for 10 minutes after a peak), and the
+§4 episodes can only change a step size. This module keeps what the outcomes of past
+rounds say, per load level, and turns it into moves the rule cannot make:
 
 - an **outcome table**: for every rewarded round whose window ran on one allocation (no
   capacity still starting), the allocation in force, the arrival-rate bucket
@@ -17,7 +17,9 @@ level, and turns it into moves the rule cannot make:
   keeps the capacity its outcomes demand);
 - **known good** (`hold`): while the SLA is met, a scale-up is held back when the
   allocation in force has met the SLA at this load `n_min` times and failed no more than
-  `fail_max` (a batching stage whose utilisation reads high but serves in time);
+  `fail_max` (a batching stage whose utilisation reads high but serves in time), unless
+  the load is rising (what an allocation did at the bottom of a bucket says nothing about
+  its top);
 - **give-back**: with the SLA met and the load steady (or the next spike predicted far
   enough ahead), the cheapest allocation known good at this load, if cheaper than the
   one in force by `min_saving`, is proposed (the validator takes it there step by step);
@@ -267,10 +269,9 @@ class Learner:
             return None   # a peak is where a wrong step costs most: probe at ordinary load
         # the load of the last minutes, not of one window (a low-rate load is noisy), and
         # not while it rises
-        now_mean = float(np.mean(rates[-TREND_ROUNDS:])) if rates else ctx.arrival_rate
-        if len(rates) >= 2 * TREND_ROUNDS and now_mean > 1.1 * float(
-                np.mean(rates[-2 * TREND_ROUNDS:-TREND_ROUNDS])):
+        if self._rising():
             return None
+        now_mean = float(np.mean(rates[-TREND_ROUNDS:])) if rates else ctx.arrival_rate
         recent = [h for h in history if h.time >= ctx.time - self.cfg.steady_s] + [ctx]
         b = bucket(max(now_mean, ctx.arrival_rate), self.cfg.bucket_base)
         cur = ctx.allocation
@@ -348,8 +349,10 @@ class Learner:
             else:
                 trial.rounds_left -= 1
         adds = [s for s in self.order if _more(tgt[s], cur[s], self.gpu[s])]
-        if adds and ok and (trial is not None or self.table.good(b, cur, cfg.n_min,
-                                                                  cfg.fail_max)):
+        # what the allocation did at this load bucket says nothing about the top of a
+        # rising load inside the same bucket: then the sizing's scale-up goes through
+        if adds and ok and (trial is not None or (
+                not self._rising() and self.table.good(b, cur, cfg.n_min, cfg.fail_max))):
             for s in adds:
                 tgt[s] = cur[s]
             self.counts["hold"] += 1
@@ -387,6 +390,15 @@ class Learner:
                 if lvl >= lv - 1e-9 and c.fail >= 1 and c.fail_rate > self.cfg.fail_max:
                     return True
         return False
+
+    def _rising(self) -> bool:
+        """Whether the load is rising: the mean arrival rate of the last `TREND_ROUNDS`
+        rounds more than 10 % above that of the rounds before."""
+        rates = [r for _, r, _ in self.series]
+        if len(rates) < 2 * TREND_ROUNDS:
+            return False
+        return float(np.mean(rates[-TREND_ROUNDS:])) > 1.1 * float(
+            np.mean(rates[-2 * TREND_ROUNDS:-TREND_ROUNDS]))
 
     def _steady(self, ctx: Context, history: Sequence[Context]) -> bool:
         """Whether capacity may be given back: no higher load bucket in the sizing's

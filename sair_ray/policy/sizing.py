@@ -2,21 +2,31 @@
 
 Each stage's per-replica capacity is read off its own window, not a profile: a replica
 that passed `x / n` requests per second while busy a share `u` of the time serves
-`mu = x / (u n)` requests per second flat out (GPU stages: at its current rate; the rate
-stretches GPU time as 1 / r, docs/algorithm.md §8, so at full rate it serves `mu / r`). The
-stage must carry the pipeline's arrival rate plus its backlog drained over `DRAIN_S`, at utilisation
-`U_TARGET`, leaving room for the variance of arrivals and service that turns a busy
-server into a queue (Kingman: waiting grows as u / (1 - u)).
+`mu = x / (u n)` requests per second flat out (a share read above 1 is a measurement
+artefact of a replica starting or batching, and counts as 1; GPU stages: at its current
+rate; the rate stretches GPU time as 1 / r, docs/algorithm.md §8, so at full rate it serves
+`mu / r`). The stage must carry the pipeline's arrival rate plus its backlog drained over
+`DRAIN_S` (arrivals, not the window's throughput: a stage draining a backlog passes more
+than arrives, and that backlog is already counted).
+
+How hot a stage may run follows from the SLA, not from a fixed utilisation: the stages'
+p99 queueing waits may use `WAIT_SHARE` of the SLA together, each stage a share in
+proportion to its service time (`1 / mu`; stages whose replica count cannot move are left
+out), and a stage is sized for the highest utilisation, between `U_TARGET` and `U_MAX`, at
+which its p99 wait stays within its share. The wait is that of an M/M/c queue, its
+probability of waiting taken from Sakasegawa's approximation of Erlang C
+(`u ** (sqrt(2 (c + 1)) - 1)`) and its tail exponential at rate `c mu (1 - u)`: many
+replicas or a loose SLA run hot, one replica under a tight SLA at `U_TARGET`.
 
 - up: when the stage needs more than it has; replicas first, CPU (GPU: rate, then
   replicas) when replicas are at their limit. Sized to the demand and cut to one
   validator step; a large overload keeps the stage growing every cooldown instead of
   adding a fixed step and waiting for the next violation.
 - down: only when the largest demand over the last `SCALE_DOWN_WINDOW_S` (10 minutes,
-  Ray Serve's own default `downscale_delay_s`) fits in fewer
-  replicas at `U_DOWN`, so the capacity of a burst is not given back between its spikes
-  and a stage near a replica boundary does not flap (up above `U_TARGET`, down only to
-  where it would stay under `U_DOWN`).
+  Ray Serve's own default `downscale_delay_s`) fits in fewer replicas under a stricter
+  rule (`U_DOWN` to `U_DOWN_MAX`, `DOWN_BUDGET` of the wait budget), so the capacity of a
+  burst is not given back between its spikes and a stage near a replica boundary does not
+  flap.
 - GPU rate: the smallest rate that carries the demand on the replicas kept, but never so
   low that the stage's worst recent p99, stretched by the slower rate, would exceed
   `LAT_SHARE` of the SLA (effective cost pays r of a GPU; §9).
@@ -44,13 +54,18 @@ from sair_ray.proposal import (
 )
 from sair_ray.types import Context, PipelineSpec, StageKind, StageLimits, StageObservation
 
-U_TARGET = 0.6      # utilisation the stage is sized for
-U_HIGH = 0.75       # above this the stage is short of capacity now
-U_DOWN = 0.5        # a scale-down must leave the stage at or under this utilisation
+U_TARGET = 0.6      # the coolest a stage is sized for (a tight SLA)
+U_MAX = 0.9         # the hottest a stage is ever sized for (a loose SLA, many replicas)
+U_HIGH = 0.75       # GPU stages: above this the stage is short of capacity now
+U_DOWN = 0.5        # a scale-down leaves the stage at least this cool ...
+U_DOWN_MAX = 0.75   # ... and never hotter than this, at its recent peak
+WAIT_SHARE = 0.5    # the stages' p99 queueing waits together may use this share of the SLA
+DOWN_BUDGET = 0.5   # a scale-down must keep the wait within this share of its budget
 DRAIN_S = 60.0      # a backlog is to be cleared within this long, on top of arrivals
 LAT_SHARE = 0.5     # a stage's own p99 may use at most this share of the SLA
 MIN_BUSY = 0.02     # below this utilisation the window says nothing about capacity
 SCALE_DOWN_WINDOW_S = 600.0  # capacity is given back only after this long without its load
+WAIT_QUANTILE = 0.01         # the wait budget is for the 99th percentile
 
 
 @dataclass(frozen=True)
@@ -59,36 +74,96 @@ class StageNeed:
 
     stage: str
     capacity_rps: float   # per replica, flat out, at the current CPU / full GPU rate
-    demand: float         # replicas' worth of work now (arrivals + backlog) at U_TARGET
-    peak_demand: float    # the largest demand over the recent history
-    peak_p99_full_ms: float = 0.0  # GPU: the largest stage p99 seen, at full rate
+    demand: float         # replicas the work now (arrivals + backlog) needs, sized up
+    peak_p99_full_ms: float  # GPU: the largest stage p99 seen, at full rate
+    keep: float           # replicas the recent peak needs under the scale-down rule
+
+
+def p99_wait_s(offered: float, replicas: float, mu: float) -> float:
+    """The p99 queueing wait (seconds) of `replicas` servers of `mu` req/s each carrying
+    `offered` replicas' worth of work (M/M/c, Sakasegawa's Erlang C); inf at or past
+    saturation."""
+    c = max(replicas, 1.0)
+    u = offered / c
+    if u >= 1.0:
+        return math.inf
+    if u <= 0.0:
+        return 0.0
+    waits = min(1.0, u ** (math.sqrt(2.0 * (c + 1.0)) - 1.0))
+    if waits <= WAIT_QUANTILE:
+        return 0.0
+    return math.log(waits / WAIT_QUANTILE) / (c * mu * (1.0 - u))
+
+
+def replicas_for(load_rps: float, mu: float, budget_s: float, u_lo: float,
+                 u_hi: float) -> float:
+    """Replicas (continuous) that carry `load_rps` at the highest utilisation in
+    [`u_lo`, `u_hi`] whose p99 wait stays within `budget_s`."""
+    offered = load_rps / mu
+    if offered <= 0:
+        return 0.0
+
+    def fits(u: float) -> bool:
+        return p99_wait_s(offered, offered / u, mu) <= budget_s
+
+    if fits(u_hi):
+        return offered / u_hi
+    if not fits(u_lo):
+        return offered / u_lo
+    lo, hi = u_lo, u_hi          # fits(lo), not fits(hi): the wait grows with u
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return offered / lo
 
 
 def _load(s: StageObservation, arrival_rate: float) -> float:
     """Requests per second the stage must carry: arrivals and its backlog's drain."""
-    return max(arrival_rate, s.throughput_rps) + max(s.queue, 0.0) / DRAIN_S
+    return max(arrival_rate, 0.0) + max(s.queue, 0.0) / DRAIN_S
 
 
-def _demand(s: StageObservation, arrival_rate: float) -> tuple[float, float]:
-    """(per-replica capacity in req/s at full rate, replicas needed at U_TARGET)."""
-    busy = max(s.util, 0.0) * s.replicas
+def _capacity(s: StageObservation) -> float:
+    """Per-replica capacity in req/s flat out, at full rate for a GPU stage (nan where the
+    window says nothing)."""
+    busy = min(max(s.util, 0.0), 1.0) * s.replicas
     if s.throughput_rps <= 0 or busy < MIN_BUSY or s.replicas < 1:
-        return math.nan, math.nan
+        return math.nan
     mu = s.throughput_rps / busy
     if s.kind == StageKind.GPU:
         mu /= max(s.rate, 1e-3)
-    return mu, _load(s, arrival_rate) / (mu * U_TARGET)
+    return mu
 
 
-def needs(ctx: Context, history: Sequence[Context] = ()) -> dict[str, StageNeed]:
+def _budgets(ctx: Context, mu: dict[str, float], pipeline: PipelineSpec,
+             v: ValidatorConfig) -> dict[str, float]:
+    """Each movable stage's p99 wait budget in seconds: its service time's share of
+    `WAIT_SHARE` of the SLA."""
+    service = {}
+    for s in ctx.stages:
+        lim = pipeline.stage(s.name).limits(v)
+        if s.name in mu and lim.replicas_max > lim.replicas_min:
+            # a GPU stage waits on its service at the rate in force
+            rate = max(s.rate, 1e-3) if s.kind == StageKind.GPU else 1.0
+            service[s.name] = 1.0 / (mu[s.name] * rate)
+    total = sum(service.values())
+    sla_s = ctx.sla_ms / 1000.0
+    return {k: WAIT_SHARE * sla_s * t / total for k, t in service.items()} if total > 0 \
+        else {}
+
+
+def needs(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
+          history: Sequence[Context] = ()) -> dict[str, StageNeed]:
     """Each stage's need now and at its recent peak; stages without a capacity estimate
     are left out."""
+    mu = {s.name: m for s in ctx.stages if math.isfinite(m := _capacity(s))}
+    budget = _budgets(ctx, mu, pipeline, v)
     out: dict[str, StageNeed] = {}
     for s in ctx.stages:
-        mu, demand = _demand(s, ctx.arrival_rate)
-        if not math.isfinite(demand):
+        if s.name not in mu:
             continue
-        peak, p99_full = demand, _p99_full(s)
+        m, b = mu[s.name], budget.get(s.name, 0.0)
+        load = peak = _load(s, ctx.arrival_rate)
+        p99_full = _p99_full(s)
         for past in history:
             if past.time < ctx.time - SCALE_DOWN_WINDOW_S:
                 continue
@@ -98,9 +173,17 @@ def needs(ctx: Context, history: Sequence[Context] = ()) -> dict[str, StageNeed]
                 continue
             # past load on today's capacity estimate: the capacity of a replica changes
             # with its allocation, the work a request needs does not
-            peak = max(peak, _load(p, past.arrival_rate) / (mu * U_TARGET))
+            peak = max(peak, _load(p, past.arrival_rate))
             p99_full = max(p99_full, _p99_full(p))
-        out[s.name] = StageNeed(s.name, mu, demand, peak, p99_full)
+        if s.kind == StageKind.GPU:
+            # a GPU stage keeps its fixed targets: its rate already trades latency for cost
+            # (the LAT_SHARE floor), and a replica more is a whole GPU
+            out[s.name] = StageNeed(s.name, m, load / (m * U_TARGET), p99_full,
+                                    peak / (m * U_DOWN))
+        else:
+            out[s.name] = StageNeed(s.name, m, replicas_for(load, m, b, U_TARGET, U_MAX),
+                                    0.0, replicas_for(peak, m, b * DOWN_BUDGET, U_DOWN,
+                                                      U_DOWN_MAX))
     return out
 
 
@@ -115,7 +198,7 @@ def fit(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
         history: Sequence[Context] = ()) -> Proposal:
     """Per stage, a §6 action sizing it to its need (`hold()` where it already fits or
     nothing can be estimated)."""
-    need = needs(ctx, history)
+    need = needs(ctx, pipeline, v, history)
     out: Proposal = {}
     for s in ctx.stages:
         n = need.get(s.name)
@@ -140,7 +223,7 @@ def _one_step(action: Entry, s: StageObservation, v: ValidatorConfig) -> Entry:
 
 
 def _fit_cpu(s: StageObservation, n: StageNeed, lim: StageLimits, v: ValidatorConfig) -> Entry:
-    if s.util > U_HIGH or n.demand > s.replicas:
+    if n.demand > s.replicas + 1e-9:
         want = math.ceil(n.demand)
         if want > s.replicas and s.replicas < lim.replicas_max:
             return scale_replicas(min(lim.replicas_max, want))
@@ -154,8 +237,8 @@ def _fit_cpu(s: StageObservation, n: StageNeed, lim: StageLimits, v: ValidatorCo
 
 
 def _keep(n: StageNeed, lim: StageLimits) -> int:
-    """The fewest replicas that carry the recent peak at no more than U_DOWN."""
-    return max(lim.replicas_min, math.ceil(n.peak_demand * U_TARGET / U_DOWN - 1e-9))
+    """The fewest replicas that carry the recent peak under the scale-down rule."""
+    return max(lim.replicas_min, math.ceil(n.keep - 1e-9))
 
 
 def _fit_gpu(s: StageObservation, n: StageNeed, lim: StageLimits, sla_ms: float) -> Entry:
@@ -175,7 +258,7 @@ def _fit_gpu(s: StageObservation, n: StageNeed, lim: StageLimits, sla_ms: float)
     keep = _keep(n, lim)
     if keep < s.replicas:
         return scale_replicas(keep)
-    rate = round(max(floor, min(lim.rate_max, n.peak_demand * U_TARGET / U_DOWN / s.replicas)), 2)
+    rate = round(max(floor, min(lim.rate_max, n.keep / s.replicas)), 2)
     if rate < s.rate - 1e-9:
         return set_rate(rate)
     return hold()

@@ -145,6 +145,22 @@ def test_known_good_holds_back_a_scale_up_while_the_sla_is_met() -> None:
     assert resolver(bad)(out)["inference"].replicas == 2
 
 
+def test_known_good_does_not_hold_back_a_scale_up_while_the_load_rises() -> None:
+    # 18 req/s, then 24: one load bucket (1.5^7 = 17.1 to 25.6), a third more work
+    lr = learner()
+    assert bucket(18.0, CFG.bucket_base) == bucket(24.0, CFG.bucket_base)
+    t = feed(lr, alloc(1), [200.0] * 6, arrival=18.0)
+    t = feed(lr, alloc(1), [200.0] * 6, t0=t, arrival=24.0)
+    now = window(t + 30, alloc(1), 200.0, arrival=24.0)
+    out, note = lr.correct(now, {"inference": scale_replicas(2)}, resolver(now), [])
+    assert "known good" not in note and resolver(now)(out)["inference"].replicas == 2
+    # once it levels off, the memory holds again
+    t = feed(lr, alloc(1), [200.0] * 6, t0=t, arrival=24.0)
+    now = window(t + 30, alloc(1), 200.0, arrival=24.0)
+    out, note = lr.correct(now, {"inference": scale_replicas(2)}, resolver(now), [])
+    assert "known good" in note
+
+
 def test_directed_probe_only_reduces_and_only_with_slack() -> None:
     lr = learner()
     t = feed(lr, alloc(2), [150.0] * 8, util=0.2)

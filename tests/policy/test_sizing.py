@@ -1,0 +1,65 @@
+"""The `fit` candidate's queueing model (policy/sizing.py): how hot a stage may run follows
+from its SLA, and a backlog draining is not load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sair_ray.config import SAIRConfig
+from sair_ray.policy import sizing
+from sair_ray.types import StageAllocation
+from tests import factories
+
+V = SAIRConfig().validator
+
+
+def test_one_replica_waits_like_an_m_m_1_queue():
+    # M/M/1 (Sakasegawa's formula is exact at c = 1): P(wait) = u, tail rate mu (1 - u);
+    # at u = 0.5, mu = 10/s the p99 wait is ln(50) / 5 s
+    assert sizing.p99_wait_s(0.5, 1, 10.0) == pytest.approx(math.log(50) / 5)
+    assert sizing.p99_wait_s(1.0, 1, 10.0) == math.inf
+    assert sizing.p99_wait_s(0.0, 1, 10.0) == 0.0
+
+
+def test_more_replicas_wait_less_at_the_same_utilisation():
+    waits = [sizing.p99_wait_s(0.8 * c, c, 10.0) for c in (1, 2, 4, 8)]
+    assert waits == sorted(waits, reverse=True)
+
+
+def test_a_loose_budget_runs_hot_and_a_tight_one_at_the_coolest_target():
+    # 30 req/s on replicas of 10 req/s: 3 replicas' worth of work
+    loose = sizing.replicas_for(30.0, 10.0, 60.0, sizing.U_TARGET, sizing.U_MAX)
+    tight = sizing.replicas_for(30.0, 10.0, 0.001, sizing.U_TARGET, sizing.U_MAX)
+    mid = sizing.replicas_for(30.0, 10.0, 0.2, sizing.U_TARGET, sizing.U_MAX)
+    assert loose == pytest.approx(3 / sizing.U_MAX)
+    assert tight == pytest.approx(3 / sizing.U_TARGET)
+    assert loose < mid < tight
+    # the answer meets its budget
+    assert sizing.p99_wait_s(3.0, mid, 10.0) == pytest.approx(0.2, rel=1e-3)
+
+
+def test_a_loose_sla_needs_fewer_replicas_for_the_same_load():
+    # preprocess: 1 replica busy all the time passing 20 req/s, 60 req/s arriving
+    def replicas(sla_ms: float) -> int:
+        p = factories.pipeline(sla_ms=sla_ms)
+        ctx = factories.context(p, p99=0.5 * sla_ms, arrival=60.0, throughput=20.0,
+                                util={"preprocess": 1.0})
+        need = sizing.needs(ctx, p, V)["preprocess"]
+        return math.ceil(need.demand)
+    assert replicas(50.0) == 5        # 3 replicas' worth at 60 %
+    assert replicas(5000.0) == 4      # sized for up to 90 %: its queue may wait longer
+
+
+def test_a_backlog_draining_is_not_load():
+    # 3 replicas passing 30 req/s while 15 req/s arrive: they drain what queued before;
+    # the stage needs what arrives (plus what is still queued), not what it drains
+    p = factories.pipeline()
+    alloc = {k: StageAllocation(3 if k == "preprocess" else a.replicas, a.cpu_m, a.mem_mb,
+                                a.rate) for k, a in p.initial_allocation().items()}
+    ctx = factories.context(p, arrival=15.0, throughput=30.0, alloc=alloc,
+                            util={"preprocess": 0.9})
+    need = sizing.needs(ctx, p, V)["preprocess"]
+    assert need.capacity_rps == pytest.approx(30.0 / (0.9 * 3))
+    assert need.demand < 3

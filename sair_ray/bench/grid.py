@@ -63,7 +63,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,11 @@ class GridResult:
     interrupted: bool = False
     failed: list[tuple[Scenario, str]] = field(default_factory=list)
     total: int = 0
+
+
+SCENARIO_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Scenario))
+_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Scenario)
+                                   if f.default is not MISSING}
 
 
 @dataclass(frozen=True)
@@ -457,7 +462,7 @@ def _result_row(sc: Scenario, backend: SimBackend, decisions: Sequence[Decision]
         vals = [s.replicas for d in decisions for s in d.context.stages if s.name == st]
         replicas[st] = float(np.mean(vals)) if vals else float("nan")
     base = asdict(sc)
-    base["settings"] = json.dumps(dict(sc.settings), sort_keys=True)
+    base["settings"] = _settings_json(sc)
     return {
         **base, "label": sc.label,
         "p99_ms": tot.p99_ms, "p50_ms": tot.p50_ms,
@@ -488,6 +493,39 @@ def _decide_latency(decisions: Sequence[Decision]) -> dict[str, float]:
         "decide_p99_ms": float(np.percentile(asked, 99)) if asked else nan,
         "overhead_p99_ms": float(np.percentile(rest, 99)) if rest else nan,
     }
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies a run in a results row: every `Scenario` field (settings as JSON);
+    a field the row lacks (written before the field existed) has its default."""
+    return tuple(row[f] if row.get(f) is not None else _FIELD_DEFAULTS.get(f)
+                 for f in SCENARIO_FIELDS)
+
+
+def scenario_key(sc: Scenario) -> tuple[Any, ...]:
+    """`row_key` of the row `sc`'s run writes."""
+    return row_key({**asdict(sc), "settings": _settings_json(sc)})
+
+
+def reusable_rows(scenarios: Sequence[Scenario], rows: Iterable[dict[str, Any]]
+                  ) -> dict[int, dict[str, Any]]:
+    """The baseline runs of `scenarios` found among earlier results `rows`, by index: rows
+    of the same scenario (app, pattern, seed, method, hours, settings, profile, workload,
+    config). SAIR methods are never reused: their code and config are what a re-run is
+    for. A simulator run is deterministic for its seed, so a reused baseline row is the
+    row a re-run would write, as long as the simulator, the profiles and the baselines are
+    unchanged since it was written."""
+    by_key = {row_key(r): r for r in rows}
+    out: dict[int, dict[str, Any]] = {}
+    for i, sc in enumerate(scenarios):
+        row = by_key.get(scenario_key(sc))
+        if sc.method not in SAIR_METHODS and row is not None:
+            out[i] = row
+    return out
+
+
+def _settings_json(sc: Scenario) -> str:
+    return json.dumps(dict(sc.settings), sort_keys=True)
 
 
 def _ignore_sigint() -> None:

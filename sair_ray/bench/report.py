@@ -50,6 +50,16 @@ def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(flat)
 
 
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results.parquet written by `write_outputs` (or of the directory
+    holding one), as `run_one` made them."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.parquet"
+    return [{**r, "replicas_by_stage": json.loads(r["replicas_by_stage"])}
+            for r in pq.read_table(p).to_pylist()]
+
+
 def _num(r: dict[str, Any], c: str) -> float:
     v = r.get(c)
     return float("nan") if v is None else float(v)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -97,6 +97,13 @@ def bench(
                          "policy.backend/url/model to bench or --regret a policy endpoint "
                          "(vLLM or any OpenAI-compatible server). Baselines ignore it.")
         ] = None,
+    reuse: Annotated[Path | None, typer.Option(
+        "--reuse", help="A results directory (or results.parquet) whose baseline runs of "
+                        "this grid are taken as they are instead of re-run; SAIR methods "
+                        "always run. For re-running SAIR after a change to SAIR: the "
+                        "simulator is deterministic, so the rows are what a re-run would "
+                        "give unless the simulator, a profile or a baseline changed.")
+        ] = None,
 ) -> None:
     """Run methods x apps x patterns x seeds on the simulator; write results.parquet,
     results.md (means over seeds) and figures to --out. Ctrl-C stops and keeps finished
@@ -111,6 +118,8 @@ def bench(
                  log_dir=log_dir)
     if regret and (sweep or bottleneck_eval or log_dir is not None):
         fail("--regret cannot be combined with --sweep, --bottleneck-eval or --log-dir")
+    if reuse is not None and (sweep or bottleneck_eval or regret):
+        fail("--reuse cannot be combined with --sweep, --bottleneck-eval or --regret")
     if patterns and workload:
         fail("give --patterns or --workload, not both (--workload also takes a pattern "
              "name: --workload poisson --workload trace:./t.csv)")
@@ -128,7 +137,11 @@ def bench(
     if regret:
         _regret(grid, horizon, out_dir)
         return
-    res = _run(grid, sweep=sweep, workers=workers, log_dir=log_dir)
+    kept = _reused(grid, reuse) if reuse is not None else {}
+    res = _run([sc for i, sc in enumerate(grid) if i not in kept], sweep=sweep,
+               workers=workers, log_dir=log_dir)
+    if kept:
+        res = _merged(grid, kept, res)
     if not res.rows:
         error("no run finished; nothing written")
         for sc, e in res.failed[:3]:
@@ -237,6 +250,37 @@ def _build_grid(*, apps: list[str] | None, patterns: list[str] | None,
                           workloads=wls)
     except (BenchError, ValueError) as e:
         fail(str(e))
+
+
+def _reused(grid: list[Scenario], path: Path) -> dict[int, dict[str, Any]]:
+    from sair_ray.bench.grid import reusable_rows
+    from sair_ray.bench.report import read_rows
+
+    try:
+        rows = read_rows(path)
+    except FileNotFoundError:
+        fail(f"--reuse {path}: no results.parquet there (a directory `sair bench --out` "
+             "wrote, or the file)")
+    except (OSError, ValueError, KeyError) as e:
+        fail(f"--reuse {path}: cannot read its results: {e}")
+    kept = reusable_rows(grid, rows)
+    err.print(f"reusing {len(kept)} baseline runs of {len(grid)} from {path}; running "
+              f"{len(grid) - len(kept)}", highlight=False)
+    return kept
+
+
+def _merged(grid: list[Scenario], kept: dict[int, dict[str, Any]],
+            res: GridResult) -> GridResult:
+    """`res` (the runs made) with the reused rows, in grid order."""
+    from sair_ray.bench.grid import row_key, scenario_key
+
+    index = {scenario_key(sc): i for i, sc in enumerate(grid)}
+    rows = dict(kept)
+    for r in res.rows:
+        rows[index[row_key(r)]] = r
+    res.rows = [rows[i] for i in sorted(rows)]
+    res.total = len(grid)
+    return res
 
 
 def _with_config(grid: list[Scenario], path: Path) -> list[Scenario]:

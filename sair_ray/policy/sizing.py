@@ -22,11 +22,12 @@ replicas or a loose SLA run hot, one replica under a tight SLA at `U_TARGET`.
   replicas) when replicas are at their limit. Sized to the demand and cut to one
   validator step; a large overload keeps the stage growing every cooldown instead of
   adding a fixed step and waiting for the next violation.
-- down: only when the largest demand over the last `SCALE_DOWN_WINDOW_S` (10 minutes,
-  Ray Serve's own default `downscale_delay_s`) fits in fewer replicas under a stricter
-  rule (`U_DOWN` to `U_DOWN_MAX`, `DOWN_BUDGET` of the wait budget), so the capacity of a
-  burst is not given back between its spikes and a stage near a replica boundary does not
-  flap.
+- down: only when the largest load over the last `SCALE_DOWN_WINDOW_S` (10 minutes,
+  Ray Serve's own default `downscale_delay_s`) fits in fewer replicas at `U_DOWN`, so the
+  capacity of a burst is not given back between its spikes and a stage near a replica
+  boundary does not flap. This rule does not follow the SLA: kept hotter, a burst's next
+  spike starts short (simulated image-classification burst, 1 h x 3 seeds: steady
+  attainment 0.999 -> 0.983 with a scale-down rule of 50-75 % at half the wait budget).
 - GPU rate: the smallest rate that carries the demand on the replicas kept, but never so
   low that the stage's worst recent p99, stretched by the slower rate, would exceed
   `LAT_SHARE` of the SLA (effective cost pays r of a GPU; §9).
@@ -57,10 +58,8 @@ from sair_ray.types import Context, PipelineSpec, StageKind, StageLimits, StageO
 U_TARGET = 0.6      # the coolest a stage is sized for (a tight SLA)
 U_MAX = 0.9         # the hottest a stage is ever sized for (a loose SLA, many replicas)
 U_HIGH = 0.75       # GPU stages: above this the stage is short of capacity now
-U_DOWN = 0.5        # a scale-down leaves the stage at least this cool ...
-U_DOWN_MAX = 0.75   # ... and never hotter than this, at its recent peak
+U_DOWN = 0.5        # a scale-down must leave the stage at or under this at its recent peak
 WAIT_SHARE = 0.5    # the stages' p99 queueing waits together may use this share of the SLA
-DOWN_BUDGET = 0.5   # a scale-down must keep the wait within this share of its budget
 DRAIN_S = 60.0      # a backlog is to be cleared within this long, on top of arrivals
 LAT_SHARE = 0.5     # a stage's own p99 may use at most this share of the SLA
 MIN_BUSY = 0.02     # below this utilisation the window says nothing about capacity
@@ -175,15 +174,11 @@ def needs(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
             # with its allocation, the work a request needs does not
             peak = max(peak, _load(p, past.arrival_rate))
             p99_full = max(p99_full, _p99_full(p))
-        if s.kind == StageKind.GPU:
-            # a GPU stage keeps its fixed targets: its rate already trades latency for cost
-            # (the LAT_SHARE floor), and a replica more is a whole GPU
-            out[s.name] = StageNeed(s.name, m, load / (m * U_TARGET), p99_full,
-                                    peak / (m * U_DOWN))
-        else:
-            out[s.name] = StageNeed(s.name, m, replicas_for(load, m, b, U_TARGET, U_MAX),
-                                    0.0, replicas_for(peak, m, b * DOWN_BUDGET, U_DOWN,
-                                                      U_DOWN_MAX))
+        # a GPU stage keeps the fixed target: its rate already trades latency for cost
+        # (the LAT_SHARE floor), and a replica more is a whole GPU
+        demand = load / (m * U_TARGET) if s.kind == StageKind.GPU else \
+            replicas_for(load, m, b, U_TARGET, U_MAX)
+        out[s.name] = StageNeed(s.name, m, demand, p99_full, peak / (m * U_DOWN))
     return out
 
 

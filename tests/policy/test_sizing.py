@@ -63,3 +63,23 @@ def test_a_backlog_draining_is_not_load():
     need = sizing.needs(ctx, p, V)["preprocess"]
     assert need.capacity_rps == pytest.approx(30.0 / (0.9 * 3))
     assert need.demand < 3
+
+
+def test_a_busy_gpu_stage_whose_requests_do_not_wait_gets_no_more_gpus():
+    # inference at full rate reads 90 % busy (a batching stage does long before it is
+    # short); while nothing queues and requests wait ~0, no second GPU ...
+    import dataclasses
+
+    p = factories.pipeline(sla_ms=5000.0)
+    ctx = factories.context(p, p99=500.0, util={"inference": 0.9})
+
+    def with_wait(c, wait_ms: float, queue: float):
+        stages = tuple(dataclasses.replace(s, queue_delay_ms=wait_ms, queue=queue)
+                       if s.name == "inference" else s for s in c.stages)
+        return dataclasses.replace(c, stages=stages)
+
+    quiet = sizing.fit(with_wait(ctx, 1.0, 0.0), p, V)
+    assert quiet["inference"] == {"action": "none"}
+    # ... but once they queue, it scales out
+    waiting = sizing.fit(with_wait(ctx, 800.0, 12.0), p, V)
+    assert waiting["inference"]["action"] == "scale_replicas"

@@ -93,10 +93,15 @@ def build(request: PolicyRequest, v: ValidatorConfig,
     ctx, pipeline = request.context, request.pipeline
     stages = ctx.stages
     hold = _hold(stages)
+    plan = sizing.size(ctx, pipeline, v, request.history)
+    sized = dict(plan.proposal)
+    # a stage the sizing holds because its requests do not wait is no bottleneck, whatever
+    # its utilisation reads (a batching GPU stage reads busy long before it is short): no
+    # candidate gives it more, and it alone does not make the pipeline failing
     report = request.bottleneck
     symptoms = report.symptoms if report is not None else ()
-    saturated = {sy.stage for sy in symptoms if sy.saturated}
-    named = list(report.stages) if report is not None else []
+    saturated = {sy.stage for sy in symptoms if sy.saturated} - plan.quiet
+    named = [n for n in (report.stages if report is not None else ()) if n not in plan.quiet]
     failing = ctx.p99_ms > ctx.sla_ms or bool(saturated)
     out: list[Candidate] = []
     relief = dict(hold)
@@ -107,7 +112,6 @@ def build(request: PolicyRequest, v: ValidatorConfig,
                 relief[name] = more
         if relief != hold:
             out.append(Candidate(f"relieve {'+'.join(named)}", relief))
-    sized = sizing.fit(ctx, pipeline, v, request.history)
     for name in named:
         # the analysis names a stage the sizing finds no shortage in (latency-bound, or a
         # window without the work to estimate from): give it the relief step as well

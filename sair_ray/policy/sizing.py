@@ -200,19 +200,38 @@ def _p99_full(s: StageObservation) -> float:
     return max(s.p99_ms, 0.0) * s.rate
 
 
-def fit(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
-        history: Sequence[Context] = ()) -> Proposal:
+@dataclass(frozen=True)
+class Sizing:
+    """The `fit` proposal, and the stages it holds because their requests measurably do
+    not wait although they read busy (GPU stages at full rate, `_quiet`): a hold that is
+    a judgement, which a bottleneck analysis reading utilisation must not override."""
+
+    proposal: Proposal
+    quiet: frozenset[str]
+
+
+def size(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
+         history: Sequence[Context] = ()) -> Sizing:
     """Per stage, a §6 action sizing it to its need (`hold()` where it already fits or
     nothing can be estimated)."""
     need = needs(ctx, pipeline, v, history)
     out: Proposal = {}
+    quiet: set[str] = set()
     for s in ctx.stages:
         n = need.get(s.name)
         lim = pipeline.stage(s.name).limits(v)
+        if n is not None and s.kind == StageKind.GPU and _quiet_at_full_rate(s, n, lim):
+            quiet.add(s.name)
         out[s.name] = (hold() if n is None else
                        _one_step(_fit_gpu(s, n, lim, ctx.sla_ms), s, v)
                        if s.kind == StageKind.GPU else _one_step(_fit_cpu(s, n, lim, v), s, v))
-    return out
+    return Sizing(out, frozenset(quiet))
+
+
+def fit(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
+        history: Sequence[Context] = ()) -> Proposal:
+    """`size`'s proposal alone."""
+    return size(ctx, pipeline, v, history).proposal
 
 
 def _one_step(action: Entry, s: StageObservation, v: ValidatorConfig) -> Entry:
@@ -256,17 +275,28 @@ def _quiet(s: StageObservation, n: StageNeed) -> bool:
     return s.queue <= 1.0 and s.queue_delay_ms <= QUIET_SHARE * n.wait_budget_s * 1000.0
 
 
+def _gpu_short(s: StageObservation, n: StageNeed) -> bool:
+    """Whether a GPU stage reads short of capacity now."""
+    return s.util > U_HIGH or n.demand > s.replicas * s.rate
+
+
+def _quiet_at_full_rate(s: StageObservation, n: StageNeed, lim: StageLimits) -> bool:
+    """A GPU stage that reads short at full rate, but whose requests do not wait: it is
+    held, not given another GPU."""
+    return _gpu_short(s, n) and s.rate >= lim.rate_max - 1e-9 and _quiet(s, n)
+
+
 def _fit_gpu(s: StageObservation, n: StageNeed, lim: StageLimits, sla_ms: float) -> Entry:
     # the rate below which the stage's p99 (stretched as 1/r) would crowd the SLA; from
     # the worst recent window, since one window's p99 of a heavy-tailed stage is noisy
     floor = lim.rate_min
     if sla_ms > 0:
         floor = min(lim.rate_max, max(floor, n.peak_p99_full_ms / (LAT_SHARE * sla_ms)))
-    if s.util > U_HIGH or n.demand > s.replicas * s.rate:
+    if _gpu_short(s, n):
         if s.rate < lim.rate_max - 1e-9:
             want = max(floor, min(lim.rate_max, n.demand / s.replicas))
             return set_rate(round(max(want, s.rate), 2))
-        if _quiet(s, n):
+        if _quiet_at_full_rate(s, n, lim):
             return hold()
         want = math.ceil(n.demand)
         if want > s.replicas and s.replicas < lim.replicas_max:

@@ -158,3 +158,22 @@ def test_a_failing_pipeline_is_only_offered_episodes_that_relieve_its_bottleneck
     assert [c.label[:16] for c in cands if c.label.startswith("episode")] == \
         ["episode help0000"]
     assert default_choice(cands).label.startswith("episode help0000")
+
+
+def test_a_busy_gpu_stage_whose_requests_do_not_wait_is_relieved_by_no_candidate():
+    # inference at full rate reads saturated (a batching stage does long before it is
+    # short) but nothing queues and requests wait ~0: the bottleneck analysis names it,
+    # yet no candidate adds a GPU, and with the SLA met holding stays on offer
+    import dataclasses
+
+    p = factories.pipeline(sla_ms=5000.0)
+    ctx = factories.context(p, p99=500.0, util={"inference": 1.0},
+                            stage_p99={"inference": 200.0})
+    ctx = dataclasses.replace(ctx, stages=tuple(
+        dataclasses.replace(s, queue_delay_ms=1.0, queue=0.0) if s.name == "inference" else s
+        for s in ctx.stages))
+    req = request(p, ctx)
+    assert "inference" in req.bottleneck.stages
+    cands = build(req, V)
+    assert all(c.proposal["inference"] == {"action": "none"} for c in cands)
+    assert "hold" in labels(cands)

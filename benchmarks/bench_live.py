@@ -488,9 +488,10 @@ def markdown(agg: dict[str, dict[str, dict[str, Any]]], a: argparse.Namespace,
              f"Command: `{cmd}`", "",
              f"{a.duration:g} s of load per run; seeds {a.seeds}; time scale "
              f"{a.time_scale:g} (service times x {a.time_scale:g}, rates / "
-             f"{a.time_scale:g}), cold-start scale {a.cold_start_scale:g}; every method of "
-             f"a seed ran at the same time, each on its own logical node shaped like the "
-             f"profile's cluster, on one Ray on {os.cpu_count()} cores."
+             f"{a.time_scale:g}), cold-start scale {a.cold_start_scale:g}; the "
+             f"{len(arms(a))} arms of a seed (patterns x methods) ran at the same time, each "
+             f"on its own logical node shaped like the profile's cluster, on one Ray on "
+             f"{os.cpu_count()} cores."
              + (" QUICK smoke run: not a result." if a.quick else ""), ""]
     for p, rows in agg.items():
         base, spike = rates(a, p)

@@ -56,9 +56,20 @@ BLOCK_S = 10.0  # the simulator's arrival block (Simulation(block_s=10))
 # a burst of replica processes starting can starve the proxy that long, and Serve would
 # restart it and drop every open connection (see HEALTH_CHECK_TIMEOUT_S in
 # serve_apps/emulated.py for the replicas' side).
+#
+# Serve's latency histograms (which SAIR reads its p50 / p99 from with `pipeline.metrics:
+# serve`) have default buckets at 5, 10 and 60 s: a p99 between 10 and 60 s reads as
+# anything in between, linearly interpolated, and a time-scaled profile's SLA lands right
+# there (image_classification's 1 s x 40; video_analysis's own 20 s). An emulated Ray
+# records latencies in buckets at most 1.5x apart from 10 ms to 2 minutes instead.
+LATENCY_BUCKETS_MS = (1, 2, 5) + tuple(
+    round(m * 10 ** e) for e in range(1, 5) for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8)) + (
+    100000, 120000, 300000, 600000)
 RAY_EMULATION_ENV = {"RAY_prestart_worker_first_driver": "0",
                      "RAY_enable_worker_prestart": "0",
-                     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+                     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+                     "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS":
+                         ",".join(str(b) for b in LATENCY_BUCKETS_MS)}
 
 
 # -- time scaling ----------------------------------------------------------------------------

@@ -72,12 +72,6 @@ EMULATED_CONFIG: dict[str, Any] = {
 # Serve differs"); the demo's app caps it at 10 ms, as the fidelity runs do.
 ROUTER_MAX_BACKOFF_S = 0.01
 INGRESS_CPU_M = 1          # see sair_ray.emulate.controller_profile
-# Serve's latency histograms have buckets at 5, 10 and 60 s by default: a p99 between 10
-# and 60 s reads as anything in between, right where the emulated demo's 10 s SLA is. The
-# demo's Ray (proxy and replicas) records latencies in finer buckets, in ms.
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000,
-                      2500, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 12500, 15000,
-                      20000, 30000, 45000, 60000, 120000, 300000, 600000)
 REAL_MODELS = "real models"
 FIRST_ROUND_TIMEOUT_S = 180.0
 
@@ -439,10 +433,9 @@ def _setup_emulated(opts: DemoOptions, console: Any, data_dir: Path,
     console.print(f"starting a local Ray cluster shaped like the profile's ({c.cpus:g} "
                   f"logical CPUs, {c.gpus:g} GPUs; the replicas emulate their work and "
                   "sleep) ...")
-    buckets = ",".join(str(b) for b in LATENCY_BUCKETS_MS)
-    cluster = stack.enter_context(emulated_ray(
-        base, dashboard_port=opts.dashboard_port,
-        env={"RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS": buckets}))
+    # the emulated Ray records Serve's latencies in finer buckets than Serve's default
+    # (sair_ray.emulate.LATENCY_BUCKETS_MS): its 10 -> 60 s bucket holds the 10 s SLA
+    cluster = stack.enter_context(emulated_ray(base, dashboard_port=opts.dashboard_port))
     admin = ServeAdmin(cluster.dashboard, timeout_s=180)
     stages = list(prof.pipeline.stage_names)
     init = {n: a.replicas for n, a in prof.pipeline.initial_allocation().items()}

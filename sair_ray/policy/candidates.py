@@ -7,7 +7,8 @@ in-context learning in small models amounts to. Each round offers:
 - `fit`: every stage sized to the load it measured (`sizing.fit`), one validator step;
 - `relieve <stage>`: one validator step more capacity for the stage(s) the bottleneck
   analysis names (replicas, or CPU when replicas are at their limit; GPU rate first, then
-  replicas), offered whenever the SLA is violated or a stage is saturated;
+  replicas), offered whenever the SLA is violated or a stage is saturated; never for a
+  stage the sizing holds because its requests do not wait (`sizing.Sizing.quiet`);
 - `episode <id>`: the action of each of the best retrieved episodes (similarity x reward),
   re-applied as a delta from the current allocation, where it moves every stage the way
   `fit` does and gives none less;

@@ -68,6 +68,9 @@ class AppWindow:
     p99_ms: float = NAN
     in_flight: int = 0
     drops: int = 0          # requests refused (full queue); 0 where the source has no count
+    # the histogram bucket p99_ms was interpolated in, where it came from one (Serve's
+    # metrics); (nan, nan) where it is exact
+    p99_bucket_ms: tuple[float, float] = (NAN, NAN)
     # Why this window is incomplete, one human-readable reason each (e.g. "stage post: no
     # samples yet"); () when complete. A partial window is still a valid reading.
     partial: tuple[str, ...] = ()
@@ -75,6 +78,22 @@ class AppWindow:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: NaN becomes None."""
         return _clean(asdict(self))
+
+
+COARSE_BUCKET_RATIO = 2.0   # a p99 bucket wider than this ratio cannot place the SLA
+
+
+def coarse_sla_reading(w: AppWindow, sla_ms: float) -> str:
+    """Why this window's p99 cannot say whether the SLA was met ("" when it can): it was
+    interpolated in a histogram bucket that holds the SLA and spans more than
+    `COARSE_BUCKET_RATIO` (Serve's default buckets go from 10 s to 60 s)."""
+    lo, hi = w.p99_bucket_ms
+    if not (sla_ms > 0 and lo > 0 and lo < sla_ms <= hi) or hi / lo <= COARSE_BUCKET_RATIO:
+        return ""
+    return (f"p99 is read from a latency histogram bucket {lo:g}-{hi:g} ms wide around the "
+            f"{sla_ms:g} ms SLA, so rounds may read the SLA violated when it is not (or the "
+            "reverse); set RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS on every node (`ray start`) "
+            "to buckets at most 1.5x apart around the SLA (docs/metrics.md)")
 
 
 @runtime_checkable

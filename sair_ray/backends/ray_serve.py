@@ -43,7 +43,12 @@ from typing import Any
 
 from sair_ray import net
 from sair_ray.backends.gpu_rate import GpuRates, ReplicaShim
-from sair_ray.backends.metrics import MetricsSource, WallWindows, context_from_window
+from sair_ray.backends.metrics import (
+    MetricsSource,
+    WallWindows,
+    coarse_sla_reading,
+    context_from_window,
+)
 from sair_ray.config import PipelineConfig
 from sair_ray.discovery import DiscoveryError, discover_pipeline, ingress_of, parse_stage_list
 from sair_ray.profiles import Profile, ProfileError, list_profiles, load_pipeline
@@ -378,7 +383,12 @@ class RayServeBackend:
         view = self._view(end)
         allocation = self._allocation(view, end)
         self._detect_external(allocation, end)
-        ctx = context_from_window(self.metrics.window(start, end), self._pipeline, allocation)
+        window = self.metrics.window(start, end)
+        coarse = coarse_sla_reading(window, self._pipeline.sla_ms)
+        if coarse and "coarse p99" not in self._warned:
+            self._warned.add("coarse p99")
+            log.warning("%s: %s", self.app, coarse)
+        ctx = context_from_window(window, self._pipeline, allocation)
         # named after the Serve app (a user profile may carry another name), at round time
         return replace(ctx, app=self.app, time=end)
 

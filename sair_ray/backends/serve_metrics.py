@@ -276,7 +276,8 @@ class ServeMetrics:
             arrival_rate=ing.arrivals / span if a is not None else 0.0,
             completions=completions, errors=n_err, p50_ms=lat.quantile(0.5),
             p95_ms=lat.quantile(0.95), p99_ms=lat.quantile(0.99),
-            in_flight=ing.queue + ing.ongoing, drops=0, partial=tuple(partial))
+            in_flight=ing.queue + ing.ongoing, drops=0, partial=tuple(partial),
+            p99_bucket_ms=lat.bucket_of(0.99))
 
     def close(self) -> None:
         if self.agents is not None:

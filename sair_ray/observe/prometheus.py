@@ -233,6 +233,20 @@ class Histogram:
     def mean(self) -> float:
         return self.sum / self.count if self.count > 0 else math.nan
 
+    def bucket_of(self, q: float) -> tuple[float, float]:
+        """The bounds (lower, upper) of the bucket `quantile(q)` interpolates in; (nan,
+        nan) without observations. How far that quantile can be off."""
+        total = self.buckets[-1][1] if self.buckets else 0.0
+        if total <= 0 or not math.isfinite(total):
+            return math.nan, math.nan
+        rank = min(max(q, 0.0), 1.0) * total
+        prev_le = 0.0
+        for le, count in self.buckets:
+            if count >= rank:
+                return prev_le, le
+            prev_le = le
+        return prev_le, math.inf
+
     def quantile(self, q: float) -> float:
         """PromQL `histogram_quantile(q, ...)`: the bucket holding rank q * count, linear
         interpolation between its lower and upper bound (lower bound 0 for the first

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sair_ray.backends.metrics import AppWindow, context_from_window
+from sair_ray.backends.metrics import AppWindow, coarse_sla_reading, context_from_window
 from sair_ray.backends.serve_metrics import (
     PREFIXES,
     ServeMetrics,
@@ -158,6 +158,24 @@ def test_quantile_interpolates_inside_the_bucket_like_promql() -> None:
     assert math.isnan(Histogram().quantile(0.5))
     assert math.isnan(Histogram(((1.0, 0.0), (math.inf, 0.0))).quantile(0.5))
     assert math.isnan(Histogram().mean)
+
+
+def test_a_p99_interpolated_in_a_wide_bucket_around_the_sla_is_flagged() -> None:
+    # Serve's default buckets: 5 s, 10 s, 60 s. 95 of 100 requests under 10 s, 5 between
+    # 10 and 60 s: the p99 reads 50 s whatever they took, and the SLA (20 s) is inside
+    h = Histogram(((5000.0, 60.0), (10000.0, 95.0), (60000.0, 100.0), (math.inf, 100.0)),
+                  100, 0.0)
+    assert h.bucket_of(0.99) == (10000.0, 60000.0)
+    assert h.quantile(0.99) == pytest.approx(50000.0)
+    w = AppWindow(app="a", start=0.0, end=15.0, p99_ms=h.quantile(0.99),
+                  p99_bucket_ms=h.bucket_of(0.99))
+    assert "10000-60000 ms" in coarse_sla_reading(w, 20000.0)
+    assert coarse_sla_reading(w, 5000.0) == ""         # the SLA is not in that bucket
+    fine = Histogram(((15000.0, 95.0), (20000.0, 99.5), (math.inf, 100.0)), 100, 0.0)
+    assert coarse_sla_reading(AppWindow(app="a", start=0.0, end=15.0,
+                                        p99_bucket_ms=fine.bucket_of(0.99)), 20000.0) == ""
+    assert coarse_sla_reading(AppWindow(app="a", start=0.0, end=15.0), 20000.0) == ""
+    assert all(math.isnan(x) for x in Histogram().bucket_of(0.99))
 
 
 def test_histogram_delta_only_counts_the_window_and_survives_a_reset() -> None:

@@ -4,7 +4,7 @@ A 135M-parameter model cannot reason its way from metrics to a good allocation, 
 can pick among a handful of sensible, fully-formed options and copy one, which is what
 in-context learning in small models amounts to. Each round offers:
 
-- `fit`: every stage sized to the load it measured (`sizing.fit`), one validator step;
+- `fit`: every stage sized to the load it measured (`sizing.size`), one validator step;
 - `relieve <stage>`: one validator step more capacity for the stage(s) the bottleneck
   analysis names (replicas, or CPU when replicas are at their limit; GPU rate first, then
   replicas), offered whenever the SLA is violated or a stage is saturated; never for a

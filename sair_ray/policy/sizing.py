@@ -228,12 +228,6 @@ def size(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
     return Sizing(out, frozenset(quiet))
 
 
-def fit(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
-        history: Sequence[Context] = ()) -> Proposal:
-    """`size`'s proposal alone."""
-    return size(ctx, pipeline, v, history).proposal
-
-
 def _one_step(action: Entry, s: StageObservation, v: ValidatorConfig) -> Entry:
     """The action cut to one validator step, so the candidate shows what will happen; the
     rest of the way comes in later rounds, from a fresh measurement."""

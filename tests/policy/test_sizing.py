@@ -78,8 +78,8 @@ def test_a_busy_gpu_stage_whose_requests_do_not_wait_gets_no_more_gpus():
                        if s.name == "inference" else s for s in c.stages)
         return dataclasses.replace(c, stages=stages)
 
-    quiet = sizing.fit(with_wait(ctx, 1.0, 0.0), p, V)
+    quiet = sizing.size(with_wait(ctx, 1.0, 0.0), p, V).proposal
     assert quiet["inference"] == {"action": "none"}
     # ... but once they queue, it scales out
-    waiting = sizing.fit(with_wait(ctx, 800.0, 12.0), p, V)
+    waiting = sizing.size(with_wait(ctx, 800.0, 12.0), p, V).proposal
     assert waiting["inference"]["action"] == "scale_replicas"

@@ -90,6 +90,18 @@ def parse_number(x: Any) -> float | None:
     return None
 
 
+def cooldown_slack_s(cooldown_s: float) -> float:
+    """How much earlier than `cooldown_s` a round may come and still count as past it.
+
+    Rounds are due a fixed interval apart but a live controller's clock readings jitter
+    by microseconds to milliseconds; with a cooldown equal to a multiple of the interval,
+    a round read 7 us early would otherwise be refused and the next scale-up wait a whole
+    extra interval, at random. Half a second (at most 5 % of the cooldown, so a short
+    cooldown keeps its meaning) is far above that jitter and far below any interval.
+    """
+    return min(0.5, 0.05 * cooldown_s)
+
+
 @dataclass
 class Cooldowns:
     """When each stage last scaled up and down (any dimension), for the cooldowns of §7."""
@@ -99,10 +111,10 @@ class Cooldowns:
 
     def blocks(self, stage: str, direction: int, now: float, v: ValidatorConfig) -> bool:
         if direction > 0:
-            t = self.last_up.get(stage)
-            return t is not None and now - t < v.cooldown_up_s
-        t = self.last_down.get(stage)
-        return t is not None and now - t < v.cooldown_down_s
+            t, cooldown = self.last_up.get(stage), v.cooldown_up_s
+        else:
+            t, cooldown = self.last_down.get(stage), v.cooldown_down_s
+        return t is not None and now - t < cooldown - cooldown_slack_s(cooldown)
 
     def record(self, action: Action, now: float) -> None:
         for stage, d in action.deltas.items():

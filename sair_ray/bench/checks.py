@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from sair_ray.config import ValidatorConfig
 from sair_ray.decision import Decision
 from sair_ray.types import Action, PipelineSpec, StageAllocation
-from sair_ray.validator import is_feasible
+from sair_ray.validator import cooldown_slack_s, is_feasible
 
 EPS = 1e-9
 
@@ -54,6 +54,8 @@ def count_escapes(decisions: Sequence[Decision], pipeline: PipelineSpec,
     """Rounds whose executed action broke a limit, a step, a cooldown, or whose result is
     not what the next round observed (the backend did something other than asked)."""
     escapes = 0
+    up_s = v.cooldown_up_s - cooldown_slack_s(v.cooldown_up_s) - EPS
+    down_s = v.cooldown_down_s - cooldown_slack_s(v.cooldown_down_s) - EPS
     last_up: dict[str, float] = {}
     last_down: dict[str, float] = {}
     for i, d in enumerate(decisions):
@@ -62,10 +64,10 @@ def count_escapes(decisions: Sequence[Decision], pipeline: PipelineSpec,
         for stage, delta in action.deltas.items():
             dims = (delta.replicas, delta.cpu_m, delta.mem_mb, delta.rate)
             if any(x > 0 for x in dims):
-                bad |= d.time - last_up.get(stage, -float("inf")) < v.cooldown_up_s - EPS
+                bad |= d.time - last_up.get(stage, -float("inf")) < up_s
                 last_up[stage] = d.time
             if any(x < 0 for x in dims):
-                bad |= d.time - last_down.get(stage, -float("inf")) < v.cooldown_down_s - EPS
+                bad |= d.time - last_down.get(stage, -float("inf")) < down_s
                 last_down[stage] = d.time
         if i + 1 < len(decisions):
             bad |= decisions[i + 1].context.allocation != d.targets

@@ -70,6 +70,22 @@ def test_cooldowns_per_stage_and_direction():
     assert not validate(down, now=130.0, val=val).action.is_noop
 
 
+def test_a_round_due_when_the_cooldown_ends_is_not_refused_for_clock_jitter():
+    # A cooldown equal to the decision interval (the demo's 15 s / 15 s) must admit the
+    # next round even when the clock reads it microseconds early.
+    v = SAIRConfig().replace(**{"validator.cooldown_up_s": 15.0,
+                                "validator.cooldown_down_s": 15.0}).validator
+    val = Validator(pipeline(), v)
+    up = {"preprocess": {"action": "scale_replicas", "replicas": 3}}
+    val.commit(validate(up, now=100.0, val=val).action, 100.0)
+    assert not validate(up, now=114.999993, val=val).action.is_noop
+    assert validate(up, now=114.0, val=val).action.is_noop
+    down = {"preprocess": {"action": "scale_replicas", "replicas": 1}}
+    val.commit(Action({"preprocess": StageDelta(replicas=-1)}), 200.0)
+    assert not validate(down, now=214.99, val=val).action.is_noop
+    assert validate(down, now=214.0, val=val).action.is_noop
+
+
 def test_cluster_limits_cut_scale_ups_in_pipeline_order():
     free = ClusterResources(cpus=1.5, memory_mb=100000, gpus=0)
     out = validate({"preprocess": {"action": "scale_replicas", "replicas": 4},

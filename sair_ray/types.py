@@ -88,6 +88,9 @@ class StageSpec:
     gpus_per_replica: float = 1.0
     queue_max: int = 1000
     initial: StageAllocation = StageAllocation(replicas=1, cpu_m=1000, mem_mb=1024)
+    # a GPU stage whose rate nothing can move (its replicas load no cuda_tb shim): the
+    # rate range collapses to this value, so no rate change is ever proposed for it
+    rate_pinned: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StageKind(self.kind))
@@ -107,6 +110,8 @@ class StageSpec:
             raise SpecError(f"{where}: queue_max must be >= 1")
         if self.is_gpu and not self.gpus_per_replica > 0:
             raise SpecError(f"{where}: gpus_per_replica must be > 0 for a GPU stage")
+        if self.rate_pinned is not None and not (self.is_gpu and 0 < self.rate_pinned <= 1):
+            raise SpecError(f"{where}: rate_pinned must be in (0, 1] and only on a GPU stage")
 
     @property
     def is_gpu(self) -> bool:
@@ -120,7 +125,12 @@ class StageSpec:
         if lo > hi:
             raise SpecError(f"stage {self.name!r}: replica range [{lo}, {hi}] is empty once "
                             "intersected with the validator's")
-        rate_lo, rate_hi = (v.rate_min, v.rate_max) if self.is_gpu else (1.0, 1.0)
+        if not self.is_gpu:
+            rate_lo = rate_hi = 1.0
+        elif self.rate_pinned is not None:
+            rate_lo = rate_hi = self.rate_pinned
+        else:
+            rate_lo, rate_hi = v.rate_min, v.rate_max
         return StageLimits(lo, hi, self.cpu_m_min, self.cpu_m_max, self.mem_mb_min,
                            self.mem_mb_max, rate_lo, rate_hi)
 

@@ -569,6 +569,15 @@ class RayServeBackend:
                                initial=replace(spec.initial, rate=1.0))
             elif spec.is_gpu:
                 spec = replace(spec, gpus_per_replica=d.num_gpus)
+                if not d.shim_socket:
+                    # Nothing can move the rate: every proposed change would fail to
+                    # actuate and still start the stage's cooldown (blocking the
+                    # replica scale-downs behind it), so the rate is pinned at 1.0.
+                    log.warning("%s/%s: replicas do not load the cuda_tb shim (no %s in "
+                                "their runtime_env): the GPU rate stays at 1.0 and SAIR "
+                                "moves replicas only", self.app, spec.name, SHIM_SOCKET_ENV)
+                    spec = replace(spec, rate_pinned=1.0,
+                                   initial=replace(spec.initial, rate=1.0))
             if not view.declarative and not spec.is_gpu:
                 # An imperatively deployed app cannot be redeployed from here: pin CPU and
                 # memory to what it has, so SAIR only moves replicas.

@@ -61,12 +61,10 @@ DEMO_CONFIG: dict[str, Any] = {  # rounds fit a few minutes; the defaults are 30
     # a demo is too short for a probe that removes capacity mid-burst to be worth it
     "exploration": {"safe": True},
 }
-# The emulated demo: Serve's own metrics (the emulated app has no StageMeter), and the GPU
-# rate pinned at 1.0 (emulated replicas take a rate from their user_config, not from the
-# cuda_tb shim SAIR's backend sets rates through).
-EMULATED_CONFIG: dict[str, Any] = {
-    **DEMO_CONFIG, "pipeline": {"metrics": "serve"},
-    "validator": {**DEMO_CONFIG["validator"], "rate_min": 1.0, "rate_max": 1.0}}
+# The emulated demo: Serve's own metrics (the emulated app has no StageMeter). Its GPU
+# rate stays at 1.0: emulated replicas load no cuda_tb shim, so SAIR's backend pins it
+# (`RayServeBackend._live_pipeline`).
+EMULATED_CONFIG: dict[str, Any] = {**DEMO_CONFIG, "pipeline": {"metrics": "serve"}}
 # Serve's router re-probes a saturated stage with a back-off of up to 0.5 s, which idles a
 # replica of a `max_ongoing_requests = 1` stage between requests (docs/emulation.md, "Where
 # Serve differs"); the demo's app caps it at 10 ms, as the fidelity runs do.

@@ -408,3 +408,35 @@ def test_auto_metrics_take_the_meter_once_it_runs(details: dict, monkeypatch) ->
     running[0] = True
     assert isinstance(b.metrics, Client)
     assert isinstance(b.metrics, Client)  # and kept from then on
+
+
+@pytest.mark.parametrize("shim", [False, True])
+def test_a_gpu_stage_without_the_shim_has_its_rate_pinned(details: dict, shim: bool) -> None:
+    """A GPU deployment whose replicas load no cuda_tb shim cannot have its rate moved:
+    the stage's rate range collapses to 1.0, so no rate change is proposed and none
+    fails to actuate (each failure would still start the stage's cooldown)."""
+    from sair_ray.config import PipelineConfig, SAIRConfig
+    from sair_ray.types import ClusterResources, StageAllocation
+    from sair_ray.validator import Validator
+
+    opts = details["applications"]["tiny_pipeline"]["deployments"]["pre"][
+        "deployment_config"]["ray_actor_options"]
+    opts["num_gpus"] = 1
+    if shim:
+        opts["runtime_env"]["env_vars"]["CUDA_TB_SOCKET"] = "/tmp/sair-gpu/cuda_tb-%p.sock"
+
+    class Admin:
+        def details(self) -> dict:
+            return copy.deepcopy(details)
+
+    b = _backend_with(details, Admin, options=PipelineConfig(sla_ms=400))
+    spec, v = b.pipeline.stage("pre"), SAIRConfig().validator
+    assert spec.is_gpu
+    lim = spec.limits(v)
+    assert (lim.rate_min, lim.rate_max) == ((v.rate_min, v.rate_max) if shim else (1.0, 1.0))
+    cur = {s.name: s.initial for s in b.pipeline.stages} | {
+        "pre": StageAllocation(1, 250, 256, 1.0)}
+    out = Validator(b.pipeline, v).validate(
+        {"pre": {"action": "adjust_rate", "rate_ratio": 0.5}}, cur, now=0.0,
+        free=ClusterResources(64, 262144, 4))
+    assert out.action.delta("pre").rate == (-v.max_rate_step if shim else 0.0)

@@ -141,8 +141,6 @@ def test_the_emulated_demo_app_and_its_controller_profile():
     assert pre["replicas_max"] == 4 and pre["cpu_m_min"] == pre["cpu_m_max"] == 1000
     assert prof["stages"][2]["replicas_max"] == 2     # inference: the cluster's 2 GPUs
     assert EMULATED_CONFIG["pipeline"] == {"metrics": "serve"}
-    assert EMULATED_CONFIG["validator"]["rate_min"] == EMULATED_CONFIG["validator"][
-        "rate_max"] == 1.0
     rp = emulated_requests(opts)
     spikes = (rp.times >= 30) & (rp.times < 75)
     assert abs(spikes.sum() / 45 - 3.0) < 0.6 and abs((rp.times < 30).sum() / 30 - 1.0) < 0.5

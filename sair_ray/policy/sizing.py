@@ -7,7 +7,10 @@ artefact of a replica starting or batching, and counts as 1; GPU stages: at its 
 rate; the rate stretches GPU time as 1 / r, docs/algorithm.md §8, so at full rate it serves
 `mu / r`). The stage must carry the pipeline's arrival rate plus its backlog drained over
 `DRAIN_S` (a CPU stage: arrivals, not the window's throughput: a stage draining a backlog
-passes more than arrives, and that backlog is already counted).
+passes more than arrives, and that backlog is already counted). No stage is sized to carry
+more than the pipeline can pass: while a stage that can grow no further (a GPU stage on
+every GPU it can get, a CPU stage at its replica and CPU limits) has requests waiting, the
+others carry at most what it passes flat out (`_ceilings`).
 
 How hot a CPU stage may run follows from the SLA, not from a fixed utilisation: the
 stages' p99 queueing waits may use `WAIT_SHARE` of the SLA together, each stage a share in
@@ -167,23 +170,25 @@ def needs(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
     are left out."""
     mu = {s.name: m for s in ctx.stages if math.isfinite(m := _capacity(s))}
     budget = _budgets(ctx, mu, pipeline, v)
+    recent = [c for c in history if c.time >= ctx.time - SCALE_DOWN_WINDOW_S]
+    ceilings = _ceilings([*recent, ctx], pipeline, v)
     out: dict[str, StageNeed] = {}
     for s in ctx.stages:
         if s.name not in mu:
             continue
         m, b = mu[s.name], budget.get(s.name, 0.0)
-        load = peak = _load(s, ctx.arrival_rate)
+        # what the pipeline passes at most, set by the other stages that can grow no more
+        cap = min((c for k, c in ceilings.items() if k != s.name), default=math.inf)
+        load = peak = min(_load(s, ctx.arrival_rate), cap)
         p99_full = _p99_full(s)
-        for past in history:
-            if past.time < ctx.time - SCALE_DOWN_WINDOW_S:
-                continue
+        for past in recent:
             try:
                 p = past.stage(s.name)
             except KeyError:
                 continue
             # past load on today's capacity estimate: the capacity of a replica changes
             # with its allocation, the work a request needs does not
-            peak = max(peak, _load(p, past.arrival_rate))
+            peak = max(peak, min(_load(p, past.arrival_rate), cap))
             p99_full = max(p99_full, _p99_full(p))
         # a GPU stage keeps the fixed target: its rate already trades latency for cost
         # (the LAT_SHARE floor), and a replica more is a whole GPU
@@ -191,6 +196,49 @@ def needs(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
             replicas_for(load, m, b, U_TARGET, U_MAX)
         out[s.name] = StageNeed(s.name, m, demand, p99_full, peak / (m * U_DOWN), b)
     return out
+
+
+def _ceilings(windows: Sequence[Context], pipeline: PipelineSpec,
+              v: ValidatorConfig) -> dict[str, float]:
+    """Per stage that can grow no further, the requests per second it passes flat out: the
+    largest of its estimates over `windows` in which it was at its limit with requests
+    waiting (at full rate for a GPU stage). Requests beyond that pile up in front of it
+    whatever the other stages have, so sizing another stage for them buys no throughput,
+    only moves the queue (live video_analysis burst: 0.75 clips/s arriving, at most 0.67/s
+    through the 2 GPUs, the CPU stages before and after them scaled to 7 and 6 replicas at
+    utilisation 0.1-0.3). Only windows with a queue count: a batching stage passes more
+    as its batches grow, so a quieter window understates what it can pass; the largest
+    estimate errs towards sizing the others for more."""
+    out: dict[str, float] = {}
+    for ctx in windows:
+        for s in ctx.stages:
+            m = _capacity(s)
+            if s.queue < 1.0 or not math.isfinite(m) or not _at_limit(s, ctx, pipeline, v):
+                continue
+            full = m * s.replicas * (pipeline.stage(s.name).limits(v).rate_max
+                                     if s.kind == StageKind.GPU else 1.0)
+            out[s.name] = max(out.get(s.name, 0.0), full)
+    return out
+
+
+def _at_limit(s: StageObservation, ctx: Context, pipeline: PipelineSpec,
+              v: ValidatorConfig) -> bool:
+    """Whether the stage can grow no further: replicas at their limit (a GPU stage: or no
+    GPU left in the cluster beside the other GPU stages' replicas) and, for a CPU stage,
+    CPU at its limit. A GPU stage's rate can still rise; its ceiling is at full rate. A
+    stage whose replica count can never move is left out, as from the wait budgets: SAIR
+    does not size it, and such a stage is typically an ingress that awaits the others, so
+    its busy share says nothing about what it can pass."""
+    spec = pipeline.stage(s.name)
+    lim = spec.limits(v)
+    if lim.replicas_max <= lim.replicas_min:
+        return False
+    if s.kind != StageKind.GPU:
+        return s.replicas >= lim.replicas_max and s.cpu_m >= lim.cpu_m_max
+    held = sum(o.replicas * pipeline.stage(o.name).gpus_per_replica for o in ctx.stages
+               if o.kind == StageKind.GPU and o.name != s.name)
+    gpus = int((pipeline.cluster.gpus - held) / spec.gpus_per_replica + 1e-9)
+    return s.replicas >= min(lim.replicas_max, gpus)
 
 
 def _p99_full(s: StageObservation) -> float:

@@ -3,13 +3,14 @@ from its SLA, and a backlog draining is not load."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from sair_ray.config import SAIRConfig
 from sair_ray.policy import sizing
-from sair_ray.types import StageAllocation
+from sair_ray.types import StageAllocation, StageKind, StageSpec
 from tests import factories
 
 V = SAIRConfig().validator
@@ -83,3 +84,56 @@ def test_a_busy_gpu_stage_whose_requests_do_not_wait_gets_no_more_gpus():
     # ... but once they queue, it scales out
     waiting = sizing.size(with_wait(ctx, 800.0, 12.0), p, V).proposal
     assert waiting["inference"]["action"] == "scale_replicas"
+
+
+def test_no_stage_is_sized_for_more_than_a_gpu_stage_at_every_gpu_passes():
+    # inference on both of the cluster's 2 GPUs, flat out with requests waiting: 2 x 10
+    # req/s pass, 30 arrive; the stages before and after it are sized for the 20
+    p = factories.pipeline()
+    alloc = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    ctx = factories.context(p, arrival=30.0, throughput=20.0, alloc=alloc,
+                            util={"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9},
+                            queue={"inference": 40.0})
+    need = sizing.needs(ctx, p, V)
+    for stage in ("preprocess", "postprocess"):
+        n = need[stage]
+        assert n.demand == pytest.approx(sizing.replicas_for(
+            20.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))
+    # with a GPU to spare, or no request waiting, nothing is capped
+    spare = factories.context(p, arrival=30.0, throughput=20.0, queue={"inference": 40.0},
+                              util={"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9})
+    quiet = factories.context(p, arrival=30.0, throughput=20.0, alloc=alloc,
+                              util={"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9})
+    for other in (spare, quiet):
+        assert sizing.needs(other, p, V)["preprocess"].demand > need["preprocess"].demand
+
+
+def test_a_past_window_at_every_gpu_caps_the_recent_peak():
+    # the burst's first window came before the GPU stage had both GPUs: its 30 req/s are
+    # kept for scale-down only up to what the stage passes flat out once it has them
+    p = factories.pipeline()
+    two = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    util = {"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9}
+    early = factories.context(p, time=0.0, arrival=30.0, throughput=10.0, util=util,
+                              queue={"inference": 40.0})
+    full = factories.context(p, time=60.0, arrival=30.0, throughput=20.0, alloc=two,
+                             util=util, queue={"inference": 40.0})
+    now = factories.context(p, time=120.0, arrival=5.0, throughput=5.0, alloc=two,
+                            util={"inference": 0.25, "postprocess": 0.1, "preprocess": 0.2})
+    n = sizing.needs(now, p, V, [early, full])["preprocess"]
+    assert n.keep == pytest.approx(20.0 / (n.capacity_rps * sizing.U_DOWN))
+
+
+def test_a_stage_whose_replicas_never_move_caps_nothing():
+    # an ingress pinned at one replica, busy and queued (an async ingress reads busy while
+    # it awaits the stages behind it): the stages are still sized for every arrival
+    base = factories.pipeline()
+    ingress = StageSpec("ingress", StageKind.CPU, replicas_min=1, replicas_max=1,
+                        cpu_m_min=1, cpu_m_max=1, initial=StageAllocation(1, 1, 1024))
+    p = dataclasses.replace(base, stages=(ingress, *base.stages))
+    ctx = factories.context(p, arrival=30.0, throughput=20.0,
+                            util={"ingress": 1.0, "preprocess": 0.9},
+                            queue={"ingress": 40.0})
+    n = sizing.needs(ctx, p, V)["preprocess"]
+    assert n.demand == pytest.approx(sizing.replicas_for(
+        30.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))

@@ -8,9 +8,11 @@ rate; the rate stretches GPU time as 1 / r, docs/algorithm.md §8, so at full ra
 `mu / r`). The stage must carry the pipeline's arrival rate plus its backlog drained over
 `DRAIN_S` (a CPU stage: arrivals, not the window's throughput: a stage draining a backlog
 passes more than arrives, and that backlog is already counted). No stage is sized to carry
-more than the pipeline can pass: while a stage that can grow no further (a GPU stage on
-every GPU it can get, a CPU stage at its replica and CPU limits) has requests waiting, the
-others carry at most what it passes flat out (`_ceilings`).
+more than the pipeline can pass: once a stage that can grow no further (a GPU stage on
+every GPU it can get, a CPU stage at its replica and CPU limits) has been busy with
+requests waiting, a stage after it counts arrivals only up to what it passes flat out (its
+own backlog on top), and a stage before it carries no more than that in all
+(`_ceilings`).
 
 How hot a CPU stage may run follows from the SLA, not from a fixed utilisation: the
 stages' p99 queueing waits may use `WAIT_SHARE` of the SLA together, each stage a share in
@@ -124,15 +126,18 @@ def replicas_for(load_rps: float, mu: float, budget_s: float, u_lo: float,
     return offered / lo
 
 
-def _load(s: StageObservation, arrival_rate: float) -> float:
+def _load(s: StageObservation, arrival_rate: float, reach: float = math.inf,
+          onward: float = math.inf) -> float:
     """Requests per second the stage must carry: arrivals and its backlog's drain. A CPU
     stage passing more than arrives is draining a backlog its queue already counts; a GPU
     stage keeps the larger of the two, the rule its fixed target was measured with
     (without it, simulated text generation ramp, 1 h x 3 seeds: steady attainment 0.991
-    -> 0.988: a generation stage's requests in service are not in its queue)."""
+    -> 0.988: a generation stage's requests in service are not in its queue). Arrivals
+    count up to `reach`, what the stages before it can pass; the whole up to `onward`,
+    what the stages after it can take (`_ceilings`)."""
     arrivals = max(arrival_rate, s.throughput_rps) if s.kind == StageKind.GPU \
         else arrival_rate
-    return max(arrivals, 0.0) + max(s.queue, 0.0) / DRAIN_S
+    return min(min(max(arrivals, 0.0), reach) + max(s.queue, 0.0) / DRAIN_S, onward)
 
 
 def _capacity(s: StageObservation) -> float:
@@ -172,14 +177,18 @@ def needs(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
     budget = _budgets(ctx, mu, pipeline, v)
     recent = [c for c in history if c.time >= ctx.time - SCALE_DOWN_WINDOW_S]
     ceilings = _ceilings([*recent, ctx], pipeline, v)
+    rank = {n: i for i, n in enumerate(pipeline.stage_names)}
     out: dict[str, StageNeed] = {}
     for s in ctx.stages:
         if s.name not in mu:
             continue
         m, b = mu[s.name], budget.get(s.name, 0.0)
-        # what the pipeline passes at most, set by the other stages that can grow no more
-        cap = min((c for k, c in ceilings.items() if k != s.name), default=math.inf)
-        load = peak = min(_load(s, ctx.arrival_rate), cap)
+        # what the stages that can grow no more let reach this one, and take from it
+        reach = min((c for k, c in ceilings.items() if rank[k] < rank[s.name]),
+                    default=math.inf)
+        onward = min((c for k, c in ceilings.items() if rank[k] > rank[s.name]),
+                     default=math.inf)
+        load = peak = _load(s, ctx.arrival_rate, reach, onward)
         p99_full = _p99_full(s)
         for past in recent:
             try:
@@ -188,7 +197,7 @@ def needs(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
                 continue
             # past load on today's capacity estimate: the capacity of a replica changes
             # with its allocation, the work a request needs does not
-            peak = max(peak, min(_load(p, past.arrival_rate), cap))
+            peak = max(peak, _load(p, past.arrival_rate, reach, onward))
             p99_full = max(p99_full, _p99_full(p))
         # a GPU stage keeps the fixed target: its rate already trades latency for cost
         # (the LAT_SHARE floor), and a replica more is a whole GPU
@@ -200,25 +209,37 @@ def needs(ctx: Context, pipeline: PipelineSpec, v: ValidatorConfig,
 
 def _ceilings(windows: Sequence[Context], pipeline: PipelineSpec,
               v: ValidatorConfig) -> dict[str, float]:
-    """Per stage that can grow no further, the requests per second it passes flat out: the
-    largest of its estimates over `windows` in which it was at its limit with requests
-    waiting (at full rate for a GPU stage). Requests beyond that pile up in front of it
-    whatever the other stages have, so sizing another stage for them buys no throughput,
-    only moves the queue (live video_analysis burst: 0.75 clips/s arriving, at most 0.67/s
-    through the 2 GPUs, the CPU stages before and after them scaled to 7 and 6 replicas at
-    utilisation 0.1-0.3). Only windows with a queue count: a batching stage passes more
-    as its batches grow, so a quieter window understates what it can pass; the largest
-    estimate errs towards sizing the others for more."""
-    out: dict[str, float] = {}
+    """Per stage that can grow no further, the requests per second it passes flat out,
+    pooled over the `windows` in which it was at its limit, busy (over `U_HIGH`) and with
+    requests waiting: what it passed over the replica-time it was busy (at full rate for a
+    GPU stage), times its replicas. Pooled, not the largest window's: a window of a
+    heavy-tailed stage sees a handful of requests, and the largest of 40 such readings is
+    mostly noise. Requests beyond
+    that pile up in front of it whatever the other stages have, so sizing another stage
+    for them buys no throughput, only moves the queue (live video_analysis burst: 0.75
+    clips/s arriving, at most 0.67/s through the 2 GPUs, the CPU stages before and after
+    them scaled to 7 and 6 replicas at utilisation 0.1-0.3). Only busy windows count: a
+    batching stage passes more as its batches grow, so a quiet window, even one with a
+    request waiting, understates what it can pass (simulated nlp_analysis burst without
+    episodes, counting every window with a queue: steady attainment 0.997 -> 0.981, the
+    encoder's quiet windows capping the stages around it below the next spike)."""
+    passed: dict[str, float] = {}
+    busy: dict[str, float] = {}
+    replicas: dict[str, int] = {}
     for ctx in windows:
         for s in ctx.stages:
-            m = _capacity(s)
-            if s.queue < 1.0 or not math.isfinite(m) or not _at_limit(s, ctx, pipeline, v):
+            if (s.queue < 1.0 or s.util < U_HIGH or not math.isfinite(_capacity(s))
+                    or not _at_limit(s, ctx, pipeline, v)):
                 continue
-            full = m * s.replicas * (pipeline.stage(s.name).limits(v).rate_max
-                                     if s.kind == StageKind.GPU else 1.0)
-            out[s.name] = max(out.get(s.name, 0.0), full)
-    return out
+            # replica-seconds busy per second, at full rate (§8 stretches GPU time as 1 / r)
+            work = min(s.util, 1.0) * s.replicas * (max(s.rate, 1e-3)
+                                                     if s.kind == StageKind.GPU else 1.0)
+            passed[s.name] = passed.get(s.name, 0.0) + s.throughput_rps
+            busy[s.name] = busy.get(s.name, 0.0) + work
+            replicas[s.name] = s.replicas
+    return {k: passed[k] / busy[k] * replicas[k] * (pipeline.stage(k).limits(v).rate_max
+                                                    if pipeline.stage(k).is_gpu else 1.0)
+            for k in passed}
 
 
 def _at_limit(s: StageObservation, ctx: Context, pipeline: PipelineSpec,

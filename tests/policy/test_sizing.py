@@ -124,6 +124,49 @@ def test_a_past_window_at_every_gpu_caps_the_recent_peak():
     assert n.keep == pytest.approx(20.0 / (n.capacity_rps * sizing.U_DOWN))
 
 
+def test_what_a_full_gpu_stage_passes_is_pooled_over_its_busy_windows():
+    # two windows at both GPUs, flat out, passing 20 and 30 req/s: the stage passes 25 in
+    # the pooled reading (not the 30 of the luckier window); 40 arrive
+    p = factories.pipeline()
+    two = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    util = {"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9}
+    slow = factories.context(p, time=0.0, arrival=40.0, throughput=20.0, alloc=two,
+                             util=util, queue={"inference": 40.0})
+    fast = factories.context(p, time=15.0, arrival=40.0, throughput=30.0, alloc=two,
+                             util=util, queue={"inference": 40.0})
+    n = sizing.needs(fast, p, V, [slow])["postprocess"]
+    assert n.demand == pytest.approx(sizing.replicas_for(
+        25.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))
+
+
+def test_a_quiet_window_of_a_gpu_stage_at_every_gpu_caps_nothing():
+    # a batching stage reads a request waiting long before it is flat out: a window at 70 %
+    # busy (20 req/s read as 28.6 flat out) says little about what it passes at full
+    # batches, so it caps no other stage
+    p = factories.pipeline()
+    alloc = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    ctx = factories.context(p, arrival=30.0, throughput=20.0, alloc=alloc,
+                            util={"inference": 0.7, "postprocess": 0.5, "preprocess": 0.9},
+                            queue={"inference": 1.0})
+    n = sizing.needs(ctx, p, V)["preprocess"]
+    assert n.demand == pytest.approx(sizing.replicas_for(
+        30.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))
+
+
+def test_a_stage_after_the_ceiling_still_drains_its_own_backlog():
+    # 20 req/s reach postprocess through the full GPU stage; the 600 queued in front of
+    # postprocess itself are its own, to be drained on top
+    p = factories.pipeline()
+    alloc = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    ctx = factories.context(p, arrival=30.0, throughput=20.0, alloc=alloc,
+                            util={"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9},
+                            queue={"inference": 40.0, "postprocess": 600.0})
+    n = sizing.needs(ctx, p, V)["postprocess"]
+    assert n.demand == pytest.approx(sizing.replicas_for(
+        20.0 + 600.0 / sizing.DRAIN_S, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET,
+        sizing.U_MAX))
+
+
 def test_a_stage_whose_replicas_never_move_caps_nothing():
     # an ingress pinned at one replica, busy and queued (an async ingress reads busy while
     # it awaits the stages behind it): the stages are still sized for every arrival

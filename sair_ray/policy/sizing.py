@@ -214,28 +214,26 @@ def _ceilings(windows: Sequence[Context], pipeline: PipelineSpec,
     requests waiting: what it passed over the replica-time it was busy (at full rate for a
     GPU stage), times its replicas. Pooled, not the largest window's: a window of a
     heavy-tailed stage sees a handful of requests, and the largest of 40 such readings is
-    mostly noise. Requests beyond
-    that pile up in front of it whatever the other stages have, so sizing another stage
-    for them buys no throughput, only moves the queue (live video_analysis burst: 0.75
-    clips/s arriving, at most 0.67/s through the 2 GPUs, the CPU stages before and after
-    them scaled to 7 and 6 replicas at utilisation 0.1-0.3). Only busy windows count: a
-    batching stage passes more as its batches grow, so a quiet window, even one with a
-    request waiting, understates what it can pass (simulated nlp_analysis burst without
-    episodes, counting every window with a queue: steady attainment 0.997 -> 0.981, the
-    encoder's quiet windows capping the stages around it below the next spike)."""
+    mostly noise. Requests beyond that pile up in front of it whatever the other stages
+    have, so sizing another stage for them buys no throughput, only moves the queue (live
+    video_analysis burst: 0.75 clips/s arriving, at most 0.67/s through the 2 GPUs, the CPU
+    stages before and after them scaled to 7 and 6 replicas at utilisation 0.1-0.3). Only
+    busy windows count: a batching stage passes more as its batches grow, so a quiet window,
+    even one with a request waiting, understates what it can pass (simulated nlp_analysis
+    burst without episodes, counting every window with a queue: steady attainment 0.997 ->
+    0.981, the encoder's quiet windows capping the stages around it below the next spike)."""
     passed: dict[str, float] = {}
     busy: dict[str, float] = {}
     replicas: dict[str, int] = {}
     for ctx in windows:
         for s in ctx.stages:
-            if (s.queue < 1.0 or s.util < U_HIGH or not math.isfinite(_capacity(s))
+            m = _capacity(s)
+            if (s.queue < 1.0 or s.util < U_HIGH or not math.isfinite(m)
                     or not _at_limit(s, ctx, pipeline, v)):
                 continue
-            # replica-seconds busy per second, at full rate (§8 stretches GPU time as 1 / r)
-            work = min(s.util, 1.0) * s.replicas * (max(s.rate, 1e-3)
-                                                     if s.kind == StageKind.GPU else 1.0)
             passed[s.name] = passed.get(s.name, 0.0) + s.throughput_rps
-            busy[s.name] = busy.get(s.name, 0.0) + work
+            # replica-seconds busy per second, at full rate: what passed over `_capacity`
+            busy[s.name] = busy.get(s.name, 0.0) + s.throughput_rps / m
             replicas[s.name] = s.replicas
     return {k: passed[k] / busy[k] * replicas[k] * (pipeline.stage(k).limits(v).rate_max
                                                     if pipeline.stage(k).is_gpu else 1.0)

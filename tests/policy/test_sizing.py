@@ -10,7 +10,7 @@ import pytest
 
 from sair_ray.config import SAIRConfig
 from sair_ray.policy import sizing
-from sair_ray.types import StageAllocation, StageKind, StageSpec
+from sair_ray.types import PipelineSpec, StageAllocation, StageKind, StageSpec
 from tests import factories
 
 V = SAIRConfig().validator
@@ -86,19 +86,29 @@ def test_a_busy_gpu_stage_whose_requests_do_not_wait_gets_no_more_gpus():
     assert waiting["inference"]["action"] == "scale_replicas"
 
 
+def _two_gpus(p: PipelineSpec) -> dict[str, StageAllocation]:
+    """`p`'s initial allocation with inference on both of the cluster's 2 GPUs."""
+    return p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+
+
+def _sized_for(n: sizing.StageNeed, load_rps: float) -> float:
+    """The CPU stage demand `needs` computes for `load_rps` at `n`'s capacity and budget."""
+    return sizing.replicas_for(load_rps, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET,
+                               sizing.U_MAX)
+
+
 def test_no_stage_is_sized_for_more_than_a_gpu_stage_at_every_gpu_passes():
     # inference on both of the cluster's 2 GPUs, flat out with requests waiting: 2 x 10
     # req/s pass, 30 arrive; the stages before and after it are sized for the 20
     p = factories.pipeline()
-    alloc = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    alloc = _two_gpus(p)
     ctx = factories.context(p, arrival=30.0, throughput=20.0, alloc=alloc,
                             util={"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9},
                             queue={"inference": 40.0})
     need = sizing.needs(ctx, p, V)
     for stage in ("preprocess", "postprocess"):
         n = need[stage]
-        assert n.demand == pytest.approx(sizing.replicas_for(
-            20.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))
+        assert n.demand == pytest.approx(_sized_for(n, 20.0))
     # with a GPU to spare, or no request waiting, nothing is capped
     spare = factories.context(p, arrival=30.0, throughput=20.0, queue={"inference": 40.0},
                               util={"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9})
@@ -112,7 +122,7 @@ def test_a_past_window_at_every_gpu_caps_the_recent_peak():
     # the burst's first window came before the GPU stage had both GPUs: its 30 req/s are
     # kept for scale-down only up to what the stage passes flat out once it has them
     p = factories.pipeline()
-    two = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    two = _two_gpus(p)
     util = {"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9}
     early = factories.context(p, time=0.0, arrival=30.0, throughput=10.0, util=util,
                               queue={"inference": 40.0})
@@ -128,15 +138,14 @@ def test_what_a_full_gpu_stage_passes_is_pooled_over_its_busy_windows():
     # two windows at both GPUs, flat out, passing 20 and 30 req/s: the stage passes 25 in
     # the pooled reading (not the 30 of the luckier window); 40 arrive
     p = factories.pipeline()
-    two = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    two = _two_gpus(p)
     util = {"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9}
     slow = factories.context(p, time=0.0, arrival=40.0, throughput=20.0, alloc=two,
                              util=util, queue={"inference": 40.0})
     fast = factories.context(p, time=15.0, arrival=40.0, throughput=30.0, alloc=two,
                              util=util, queue={"inference": 40.0})
     n = sizing.needs(fast, p, V, [slow])["postprocess"]
-    assert n.demand == pytest.approx(sizing.replicas_for(
-        25.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))
+    assert n.demand == pytest.approx(_sized_for(n, 25.0))
 
 
 def test_a_quiet_window_of_a_gpu_stage_at_every_gpu_caps_nothing():
@@ -144,27 +153,24 @@ def test_a_quiet_window_of_a_gpu_stage_at_every_gpu_caps_nothing():
     # busy (20 req/s read as 28.6 flat out) says little about what it passes at full
     # batches, so it caps no other stage
     p = factories.pipeline()
-    alloc = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    alloc = _two_gpus(p)
     ctx = factories.context(p, arrival=30.0, throughput=20.0, alloc=alloc,
                             util={"inference": 0.7, "postprocess": 0.5, "preprocess": 0.9},
                             queue={"inference": 1.0})
     n = sizing.needs(ctx, p, V)["preprocess"]
-    assert n.demand == pytest.approx(sizing.replicas_for(
-        30.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))
+    assert n.demand == pytest.approx(_sized_for(n, 30.0))
 
 
 def test_a_stage_after_the_ceiling_still_drains_its_own_backlog():
     # 20 req/s reach postprocess through the full GPU stage; the 600 queued in front of
     # postprocess itself are its own, to be drained on top
     p = factories.pipeline()
-    alloc = p.initial_allocation() | {"inference": StageAllocation(2, 2000, 4096, 1.0)}
+    alloc = _two_gpus(p)
     ctx = factories.context(p, arrival=30.0, throughput=20.0, alloc=alloc,
                             util={"inference": 1.0, "postprocess": 0.5, "preprocess": 0.9},
                             queue={"inference": 40.0, "postprocess": 600.0})
     n = sizing.needs(ctx, p, V)["postprocess"]
-    assert n.demand == pytest.approx(sizing.replicas_for(
-        20.0 + 600.0 / sizing.DRAIN_S, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET,
-        sizing.U_MAX))
+    assert n.demand == pytest.approx(_sized_for(n, 20.0 + 600.0 / sizing.DRAIN_S))
 
 
 def test_a_stage_whose_replicas_never_move_caps_nothing():
@@ -178,5 +184,4 @@ def test_a_stage_whose_replicas_never_move_caps_nothing():
                             util={"ingress": 1.0, "preprocess": 0.9},
                             queue={"ingress": 40.0})
     n = sizing.needs(ctx, p, V)["preprocess"]
-    assert n.demand == pytest.approx(sizing.replicas_for(
-        30.0, n.capacity_rps, n.wait_budget_s, sizing.U_TARGET, sizing.U_MAX))
+    assert n.demand == pytest.approx(_sized_for(n, 30.0))

@@ -197,6 +197,9 @@ class StageObservation:
     p99_ms: float = 0.0
     queue_delay_ms: float = 0.0  # mean wait in the input queue
     throughput_rps: float = 0.0
+    # replicas able to serve, averaged over the window: `util` is per serving replica, and
+    # replicas still starting are in `replicas` but passed nothing; 0 where not known
+    serving: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StageKind(self.kind))

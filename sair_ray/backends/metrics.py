@@ -37,7 +37,7 @@ class StageWindow:
     """One stage (Serve deployment) over one window."""
 
     name: str
-    replicas: int = 0
+    replicas: int = 0        # replicas serving: the ones `util` is an average over
     arrivals: int = 0
     completions: int = 0
     errors: int = 0
@@ -161,7 +161,8 @@ def context_from_window(w: AppWindow, pipeline: PipelineSpec,
             name=spec.name, kind=spec.kind, replicas=a.replicas, cpu_m=a.cpu_m,
             mem_mb=a.mem_mb, rate=a.rate, queue=float(sw.queue), util=util,
             p50_ms=_finite(sw.p50_ms), p99_ms=_finite(sw.p99_ms),
-            queue_delay_ms=_finite(sw.queue_delay_ms), throughput_rps=float(sw.throughput_rps)))
+            queue_delay_ms=_finite(sw.queue_delay_ms), throughput_rps=float(sw.throughput_rps),
+            serving=float(sw.replicas)))
     p50, p99 = _finite(w.p50_ms), _finite(w.p99_ms)
     if w.completions == 0 and (w.arrivals > 0 or w.in_flight > 0):
         p50 = p99 = math.nan

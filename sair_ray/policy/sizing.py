@@ -1,7 +1,8 @@
 """Capacity sizing: how much of each stage the measured load needs (the `fit` candidate).
 
-Each stage's per-replica capacity is read off its own window, not a profile: a replica
-that passed `x / n` requests per second while busy a share `u` of the time serves
+Each stage's per-replica capacity is read off its own window, not a profile: each of `n`
+serving replicas (not those still starting) that passed `x / n` requests per second while
+busy a share `u` of the time serves
 `mu = x / (u n)` requests per second flat out (a share read above 1 is a measurement
 artefact of a replica starting or batching, and counts as 1; GPU stages: at its current
 rate; the rate stretches GPU time as 1 / r, docs/algorithm.md §8, so at full rate it serves
@@ -142,8 +143,12 @@ def _load(s: StageObservation, arrival_rate: float, reach: float = math.inf,
 
 def _capacity(s: StageObservation) -> float:
     """Per-replica capacity in req/s flat out, at full rate for a GPU stage (nan where the
-    window says nothing)."""
-    busy = min(max(s.util, 0.0), 1.0) * s.replicas
+    window says nothing). Busy time is utilisation times the replicas that served: a
+    replica still starting passed nothing, and counting it as busy reads every serving
+    replica as slower than it is, so a stage that has just been given replicas reads short
+    again before they arrive, and asks for more."""
+    serving = s.serving if s.serving > 0 else s.replicas
+    busy = min(max(s.util, 0.0), 1.0) * serving
     if s.throughput_rps <= 0 or busy < MIN_BUSY or s.replicas < 1:
         return math.nan
     mu = s.throughput_rps / busy

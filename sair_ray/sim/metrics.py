@@ -190,7 +190,7 @@ class WindowMetrics:
             name=s.name, kind=s.kind, replicas=s.allocation.replicas, cpu_m=s.allocation.cpu_m,
             mem_mb=s.allocation.mem_mb, rate=s.allocation.rate, queue=float(s.queue),
             util=s.util, p50_ms=s.p50_ms, p99_ms=s.p99_ms, queue_delay_ms=s.queue_delay_ms,
-            throughput_rps=s.throughput_rps) for s in self.stages)
+            throughput_rps=s.throughput_rps, serving=s.serving_replicas) for s in self.stages)
         return Context(app=app, time=self.end, stages=obs, arrival_rate=self.arrival_rate,
                        p50_ms=self.p50_ms, p99_ms=self.p99_ms, sla_ms=sla_ms,
                        errors=self.errors, drops=self.drops,

@@ -27,6 +27,8 @@ def test_window_becomes_a_context() -> None:
     ctx = context_from_window(w, pipeline(), ALLOC)
     pre, inf, post = ctx.stages
     assert (pre.replicas, pre.queue, pre.util, pre.p99_ms) == (2, 3.0, 0.8, 90.0)
+    # the replicas that served (what `util` averages over), apart from those allocated
+    assert (pre.serving, inf.serving, post.serving) == (2.0, 0.0, 0.0)
     assert inf.util == pytest.approx(0.6)  # 30 % busy at rate 0.5 = 60 % of its quota
     assert inf.rate == 0.5
     assert (post.throughput_rps, post.p99_ms) == (0.0, 0.0)  # not reported yet: idle

@@ -66,6 +66,29 @@ def test_a_backlog_draining_is_not_load():
     assert need.demand < 3
 
 
+def test_replicas_still_starting_are_not_counted_busy():
+    # preprocess was just taken to 5 replicas; 3 served the window, 74 % busy each,
+    # passing 15 req/s while 15 arrive: 3 replicas' worth at most, so no more are asked
+    # for (counting the 2 starting ones as busy reads each replica at 3/5 of its speed)
+    p = factories.pipeline(sla_ms=5000.0)
+    alloc = {k: StageAllocation(5 if k == "preprocess" else a.replicas, a.cpu_m, a.mem_mb,
+                                a.rate) for k, a in p.initial_allocation().items()}
+    ctx = factories.context(p, arrival=15.0, throughput=15.0, alloc=alloc,
+                            util={"preprocess": 0.74})
+    ctx = dataclasses.replace(ctx, stages=tuple(
+        dataclasses.replace(s, serving=3.0) if s.name == "preprocess" else s
+        for s in ctx.stages))
+    need = sizing.needs(ctx, p, V)["preprocess"]
+    assert need.capacity_rps == pytest.approx(15.0 / (0.74 * 3))
+    assert need.demand <= 5
+    assert sizing.size(ctx, p, V).proposal["preprocess"] == {"action": "none"}
+    # a backend that does not say how many served: every replica counts, as before
+    unknown = dataclasses.replace(ctx, stages=tuple(
+        dataclasses.replace(s, serving=0.0) for s in ctx.stages))
+    assert sizing.needs(unknown, p, V)["preprocess"].capacity_rps == \
+        pytest.approx(15.0 / (0.74 * 5))
+
+
 def test_a_busy_gpu_stage_whose_requests_do_not_wait_gets_no_more_gpus():
     # inference at full rate reads 90 % busy (a batching stage does long before it is
     # short); while nothing queues and requests wait ~0, no second GPU ...

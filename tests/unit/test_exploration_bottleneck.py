@@ -70,6 +70,24 @@ def test_migrating_bottleneck_and_queue_growth():
     assert next(s for s in r.symptoms if s.stage == "inference").growth > 0.05
 
 
+def test_one_request_more_waiting_is_no_queue_growth():
+    # a stage of a few requests per window, a third busy: one request arriving while its
+    # replicas are all busy is no queue growing (live video_analysis ramp: decode read
+    # "overloaded" on that and got two replicas more, given back the next round)
+    p = pipeline()
+    before = context(p, time=0, arrival=0.4, throughput=0.3, util={"preprocess": 0.3})
+    one = context(p, time=15, arrival=0.4, throughput=0.3, util={"preprocess": 0.3},
+                  queue={"preprocess": 1})
+    r = analyse(one, p, before)
+    assert next(s for s in r.symptoms if s.stage == "preprocess").growth == 0.0
+    assert r.label == "none"
+    # two more are: 2 / 15 s over 0.3 req/s passed
+    two = context(p, time=15, arrival=0.4, throughput=0.3, util={"preprocess": 0.3},
+                  queue={"preprocess": 2})
+    grew = next(s for s in analyse(two, p, before).symptoms if s.stage == "preprocess")
+    assert grew.growth > 0.05 and grew.saturated
+
+
 def test_multiple_and_none():
     p = pipeline()
     both = context(p, util={"preprocess": 1.2, "inference": 1.2},

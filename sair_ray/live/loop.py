@@ -79,7 +79,7 @@ def summarize(d: Decision) -> dict[str, Any]:
                             "mem_mb": s.mem_mb, "rate": s.rate, "queue": s.queue,
                             "util": s.util, "p99_ms": s.p99_ms,
                             "queue_delay_ms": s.queue_delay_ms,
-                            "throughput_rps": s.throughput_rps}
+                            "throughput_rps": s.throughput_rps, "serving": s.serving}
                    for s in ctx.stages},
         "timings_ms": dict(d.timings_ms),
     }

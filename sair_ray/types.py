@@ -197,8 +197,9 @@ class StageObservation:
     p99_ms: float = 0.0
     queue_delay_ms: float = 0.0  # mean wait in the input queue
     throughput_rps: float = 0.0
-    # replicas able to serve, averaged over the window: `util` is per serving replica, and
-    # replicas still starting are in `replicas` but passed nothing; 0 where not known
+    # the replicas `util` is an average over, those able to serve (the simulator: averaged
+    # over the window; live: healthy at its end); replicas still starting are in `replicas`
+    # but passed nothing; 0 where the backend cannot tell
     serving: float = 0.0
 
     def __post_init__(self) -> None:

@@ -2,18 +2,17 @@
 
 Each stage's per-replica capacity is read off its own window, not a profile: each of `n`
 serving replicas (not those still starting) that passed `x / n` requests per second while
-busy a share `u` of the time serves
-`mu = x / (u n)` requests per second flat out (a share read above 1 is a measurement
-artefact of a replica starting or batching, and counts as 1; GPU stages: at its current
-rate; the rate stretches GPU time as 1 / r, docs/algorithm.md §8, so at full rate it serves
-`mu / r`). The stage must carry the pipeline's arrival rate plus its backlog drained over
-`DRAIN_S` (a CPU stage: arrivals, not the window's throughput: a stage draining a backlog
-passes more than arrives, and that backlog is already counted). No stage is sized to carry
-more than the pipeline can pass: once a stage that can grow no further (a GPU stage on
-every GPU it can get, a CPU stage at its replica and CPU limits) has been busy with
-requests waiting, a stage after it counts arrivals only up to what it passes flat out (its
-own backlog on top), and a stage before it carries no more than that in all
-(`_ceilings`).
+busy a share `u` of the time serves `mu = x / (u n)` requests per second flat out (a share
+read above 1 is a measurement artefact of a replica starting or batching, and counts as 1;
+GPU stages: at its current rate; the rate stretches GPU time as 1 / r, docs/algorithm.md
+§8, so at full rate it serves `mu / r`). The stage must carry the pipeline's arrival rate
+plus its backlog drained over `DRAIN_S` (a CPU stage: arrivals, not the window's
+throughput: a stage draining a backlog passes more than arrives, and that backlog is
+already counted). No stage is sized to carry more than the pipeline can pass: once a stage
+that can grow no further (a GPU stage on every GPU it can get, a CPU stage at its replica
+and CPU limits) has been busy with requests waiting, a stage after it counts arrivals only
+up to what it passes flat out (its own backlog on top), and a stage before it carries no
+more than that in all (`_ceilings`).
 
 How hot a CPU stage may run follows from the SLA, not from a fixed utilisation: the
 stages' p99 queueing waits may use `WAIT_SHARE` of the SLA together, each stage a share in

@@ -39,8 +39,9 @@ rate r as in `sair bench` (sair_ray/bench/grid.py): burst 0.6 r -> 2.5 r, ramp 0
 Time scale: per-request service times are stretched by `--time-scale` and request rates
 divided by it (2 cores cannot host 50 req/s of real routing); cold starts, decision
 intervals, cooldowns and Serve's delays stay in real seconds (`--cold-start-scale 1`).
-The threshold rule runs with its live defaults (100 ms CPU / 200 ms GPU processing p99);
-they are not time-scaled (`sair attach` passes no policy parameters).
+The threshold rule runs with the thresholds the simulator's sweep tuned for the profile
+(`sair_ray.bench.tuned`; its defaults, 100 ms CPU / 200 ms GPU processing p99, for a
+profile the sweep has not seen), times the time scale, as the SLA is.
 
 Per run: client p50/p99, SLA attainment (the profile's SLA x time scale), replica-seconds,
 CPU-seconds and effective cost (sair_ray.cost, from the sampled allocation) per 1000 ok
@@ -225,6 +226,21 @@ def sair_profile_file(a: argparse.Namespace, out: Path) -> Path:
     return path
 
 
+def policy_params(method: str, a: argparse.Namespace) -> dict[str, float]:
+    """The threshold rule's p99 thresholds: the sweep's for the profile (its own defaults
+    where the sweep has none), stretched by the time scale like the SLA and the service
+    times, so it reads the slowed app as it would the real one. SAIR takes none."""
+    if method != "threshold":
+        return {}
+    from sair_ray.baselines.threshold import Threshold
+    from sair_ray.bench.tuned import TUNED
+
+    base = Threshold()
+    tuned = TUNED.get(a.profile, {}).get("threshold", {})
+    return {k: tuned.get(k, getattr(base, k)) * a.time_scale
+            for k in ("cpu_p99_ms", "gpu_p99_ms")}
+
+
 def serve_autoscaling(method: str, a: argparse.Namespace) -> dict[str, Any] | None:
     if method not in SERVE_METHODS:
         return None
@@ -308,9 +324,13 @@ def run_seed(seed: int, arm_list: list[Arm], a: argparse.Namespace, dashboard: s
                                   "cooldown_down_s": COOLDOWN_DOWN_S},
                     "exploration": {"safe": True}, "pipeline": {"metrics": "serve"}}
             data_dirs.append(Path(tempfile.mkdtemp(prefix=f"sair-{arm.app(seed)}-")))
+            params = policy_params(arm.method, a)
             handles[i] = attach(arm.app(seed), scfg, arm.method, profile=str(profile_file),
-                                data_dir=data_dirs[-1], dashboard_url=dashboard)
+                                data_dir=data_dirs[-1], dashboard_url=dashboard,
+                                policy_params=params)
             recs[i]["sair_config"] = scfg
+            if params:
+                recs[i]["policy_params"] = params
         plans = {p: request_plan(prof, workload(a, p), a.duration, seed)
                  for p in a.pattern_list}
         runners = []
@@ -493,6 +513,11 @@ def markdown(agg: dict[str, dict[str, dict[str, Any]]], a: argparse.Namespace,
              f"on its own logical node shaped like the profile's cluster, on one Ray on "
              f"{os.cpu_count()} cores."
              + (" QUICK smoke run: not a result." if a.quick else ""), ""]
+    if "threshold" in a.method_list:
+        t = policy_params("threshold", a)
+        lines += [f"The threshold rule's processing-p99 thresholds: {t['cpu_p99_ms']:g} ms "
+                  f"CPU, {t['gpu_p99_ms']:g} ms GPU (the simulator sweep's for the profile, "
+                  f"x {a.time_scale:g}).", ""]
     for p, rows in agg.items():
         base, spike = rates(a, p)
         shape = {"burst": f"burst {base:g} -> {spike:g} req/s (profile units) for "

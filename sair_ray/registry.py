@@ -149,6 +149,22 @@ def get(name: str) -> PolicyInfo:
     return info
 
 
+def check_params(info: PolicyInfo, params: dict[str, Any]) -> None:
+    """PolicyError unless the policy takes `params` as its own settings: a baseline's
+    constructor options, checked by building it once (names and values); a SAIR policy
+    takes its settings from the config, not from here."""
+    if not params:
+        return
+    if info.learns:
+        raise PolicyError(f"policy {info.name!r} takes its settings from the SAIR config, "
+                          f"not as policy parameters (got {', '.join(sorted(params))})")
+    try:
+        # the baselines' factories read the config's validator only, not the pipeline
+        info.build(SAIRConfig(), None, **params)
+    except (TypeError, ValueError) as e:
+        raise PolicyError(f"policy {info.name!r}: bad parameters {params}: {e}") from None
+
+
 def get_live(name: str) -> PolicyInfo:
     """The entry of `name` for a live host (Ray Serve, Kubernetes): no simulator-only ones."""
     try:
@@ -174,4 +190,5 @@ def make_policy(name: str, cfg: SAIRConfig, *, pipeline: PipelineSpec,
 
 
 __all__ = ["ALIASES", "BASELINES", "DEFAULT_BASELINES", "LIVE_POLICIES", "POLICIES",
-           "SAIR_POLICIES", "PolicyError", "PolicyInfo", "get", "get_live", "make_policy"]
+           "SAIR_POLICIES", "PolicyError", "PolicyInfo", "check_params", "get", "get_live",
+           "make_policy"]

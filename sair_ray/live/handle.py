@@ -23,7 +23,7 @@ from sair_ray.config import SAIRConfig
 from sair_ray.files import DATA_DIR_ENV
 from sair_ray.live.actor import NAMESPACE, ControllerActor, actor_name, actor_options
 from sair_ray.live.loop import LiveOptions
-from sair_ray.registry import get_live
+from sair_ray.registry import check_params, get_live
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,16 @@ def _connect(address: str | None) -> None:
 def live_options(app: str, config: Any = None, policy: str = "sair", *,
                  profile: str | os.PathLike[str] | None = None,
                  data_dir: str | os.PathLike[str] | None = None,
-                 dashboard_url: str | None = None) -> LiveOptions:
+                 dashboard_url: str | None = None,
+                 policy_params: Mapping[str, Any] | None = None) -> LiveOptions:
     """Options resolved on the driver: paths made absolute (the actor's working directory
     is not the driver's) and $SAIR_DATA_DIR carried over (the actor does not inherit the
-    driver's environment)."""
-    get_live(policy)  # PolicyError on the driver, not a retrying actor
+    driver's environment). `policy_params` are checked against the policy's constructor
+    here, so a misspelt setting is an error on the driver, not a retrying actor."""
+    info = get_live(policy)  # PolicyError on the driver, not a retrying actor
+    params = dict(policy_params or {})
+    if params:
+        check_params(info, params)
     base = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     prof = None
     if profile is not None:
@@ -108,14 +113,15 @@ def live_options(app: str, config: Any = None, policy: str = "sair", *,
         prof = str(p.resolve()) if p.exists() or p.suffix in (".yaml", ".yml") else str(profile)
     return LiveOptions(app=app, config=_config_dict(config), policy=policy, profile=prof,
                        data_dir=str(Path(base).expanduser().resolve()) if base else None,
-                       dashboard_url=dashboard_url)
+                       dashboard_url=dashboard_url, policy_params=params)
 
 
 def attach(app: str, config: SAIRConfig | Mapping[str, Any] | str | None = None,
            policy: str = "sair", *, profile: str | os.PathLike[str] | None = None,
            data_dir: str | os.PathLike[str] | None = None, dashboard_url: str | None = None,
            address: str | None = None, check: bool = True,
-           timeout_s: float = 60.0) -> AttachHandle:
+           timeout_s: float = 60.0,
+           policy_params: Mapping[str, Any] | None = None) -> AttachHandle:
     """Start (or find) the controller actor of Serve app `app` and return a handle.
 
     With `check` (default) the app is checked from this driver first, so a missing app, a
@@ -127,7 +133,7 @@ def attach(app: str, config: SAIRConfig | Mapping[str, Any] | str | None = None,
 
     _connect(address)
     opts = live_options(app, config, policy, profile=profile, data_dir=data_dir,
-                        dashboard_url=dashboard_url)
+                        dashboard_url=dashboard_url, policy_params=policy_params)
     existing = get_handle(app)
     if existing is not None and _replace_if_dead(app, existing.actor, timeout_s):
         existing = None

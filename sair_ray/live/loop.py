@@ -57,6 +57,9 @@ class LiveOptions:
     profile: str | None = None          # profile YAML path; None: shipped = app, else discovered
     data_dir: str | None = None         # base dir; None: $SAIR_DATA_DIR or ~/.local/share
     dashboard_url: str | None = None    # None: discovered from the Ray cluster
+    # the policy's own settings, as keyword arguments to its constructor (a baseline's
+    # thresholds or target); empty: its defaults
+    policy_params: Mapping[str, Any] = field(default_factory=dict)
 
     def sair_config(self) -> SAIRConfig:
         return SAIRConfig.from_dict(dict(self.config))
@@ -152,7 +155,7 @@ class LiveLoop:
         info = registry.get_live(self.opts.policy)  # PolicyError: no use retrying
         try:
             backend = self._backend_factory(self.opts)
-            params = {}
+            params = dict(self.opts.policy_params)
             if info.name == "sair":   # the embedded model: one server for every app
                 from sair_ray.live.shared_lm import shared_endpoint
 

@@ -93,8 +93,13 @@ def test_bench_live_quick(tmp_path: Path) -> None:
     for r in runs:
         if r["method"] not in ("serve", "serve-cooldowns"):
             assert r["sair_status"]["rounds_ok"] >= 1, r["sair_status"]
+    # the threshold rule reads the slowed app with its thresholds slowed alike
+    (thr,) = [r for r in runs if r["method"] == "threshold"]
+    assert set(thr["policy_params"]) == {"cpu_p99_ms", "gpu_p99_ms"}
+    assert thr["policy_params"]["cpu_p99_ms"] > 0
     text = (tmp_path / "results.md").read_text()
     assert "emulated compute" in text and "QUICK smoke run" in text
     assert "| sair-retrieval | 1 |" in text and "| serve | 1 |" in text
     assert "| serve-cooldowns | 1 | " in text        # its paired ratios to serve
+    assert "The threshold rule's processing-p99 thresholds" in text
     assert "Target (SAIR at equal or higher attainment" in text

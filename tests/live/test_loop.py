@@ -118,6 +118,28 @@ def test_real_time_runner_ticks_every_interval_until_stopped(tmp_path) -> None:
     loop.close()
 
 
+def test_policy_params_reach_the_policy_and_bad_ones_are_refused(tmp_path) -> None:
+    from sair_ray.live import PolicyError
+    from sair_ray.live.handle import live_options
+
+    # the same overload as above, under thresholds no processing p99 reaches: held
+    opts = live_options("image_classification", CFG, "threshold", data_dir=tmp_path,
+                        policy_params={"cpu_p99_ms": 1e9, "gpu_p99_ms": 1e9})
+    loop = LiveLoop(opts, backend_factory=_sim)
+    decisions = [loop.round(t) for t in range(10, 130, 10)]
+    assert decisions[-1] is not None and decisions[-1].context.stages[0].replicas == 1
+    loop.close()
+    with pytest.raises(PolicyError, match="unexpected keyword argument 'cpu_p99'"):
+        live_options("image_classification", policy="threshold", data_dir=tmp_path,
+                     policy_params={"cpu_p99": 50})
+    with pytest.raises(PolicyError, match="thresholds must be > 0"):
+        live_options("image_classification", policy="threshold", data_dir=tmp_path,
+                     policy_params={"cpu_p99_ms": 0})
+    with pytest.raises(PolicyError, match="from the SAIR config"):
+        live_options("image_classification", policy="sair-retrieval", data_dir=tmp_path,
+                     policy_params={"k": 3})
+
+
 def test_unknown_and_simulator_only_policies_are_refused(tmp_path) -> None:
     from sair_ray.live import PolicyError
     from sair_ray.live.handle import live_options

@@ -56,6 +56,11 @@ def attach(
                            "$SAIR_DATA_DIR or ~/.local/share/sair-ray).")] = None,
     dashboard: Annotated[str | None, typer.Option(
         help="Ray dashboard address (default: the cluster's).")] = None,
+    policy_param: Annotated[list[str] | None, typer.Option(
+        "--policy-param", metavar="NAME=VALUE",
+        help="A baseline's own setting, a keyword of its constructor (sair_ray.baselines), "
+             "e.g. --policy-param cpu_p99_ms=50; repeatable; values read as YAML scalars. "
+             "SAIR's policies take theirs from --config.")] = None,
     address: AddressOpt = None,
 ) -> None:
     """Attach SAIR to a running Serve app (deployed with `external_scaler_enabled: true`, or
@@ -63,10 +68,11 @@ def attach(
     profile its stages are its deployments and `--sla-ms` gives the latency target."""
     from sair_ray.commands.config import load_config
     from sair_ray.config import ConfigError
-    from sair_ray.registry import PolicyError, get_live
+    from sair_ray.registry import PolicyError, check_params, get_live
 
+    params = _policy_params(policy_param or [])
     try:
-        get_live(policy)
+        check_params(get_live(policy), params)
     except PolicyError as e:
         fail(str(e))
     cfg = load_config(config)
@@ -83,13 +89,42 @@ def attach(
 
     try:
         handle = do_attach(app_name, cfg, policy, profile=profile, data_dir=data_dir,
-                           dashboard_url=dashboard)
+                           dashboard_url=dashboard, policy_params=params)
     except (ServeSetupError, ServeAdminError, PolicyError, AttachError) as e:
         fail(str(e))
     st = handle.status()
     out.print(f"[green]attached[/green] SAIR to {app_name!r}: policy {st['policy']}, a round "
               f"every {st['decision_interval_s']:g} s, data in {st['data_dir']}")
     out.print(f"follow it with `sair status {app_name}`; stop it with `sair detach {app_name}`")
+
+
+def _policy_params(items: list[str]) -> dict[str, Any]:
+    """`--policy-param NAME=VALUE` options as keyword arguments; a value is read as a YAML
+    scalar (50 -> int, 0.5 and 1e2 -> float, true -> bool), so numbers reach the
+    constructor as numbers. Exits 2 naming a malformed item."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            fail(f"--policy-param {item!r}: expected NAME=VALUE, e.g. cpu_p99_ms=50")
+        if name in params:
+            fail(f"--policy-param {name!r} given twice")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads 1e2 as a string
+            except ValueError:
+                pass
+        if isinstance(value, (dict, list)) or value is None:
+            fail(f"--policy-param {item!r}: the value must be a number, a word or true/false")
+        params[name] = value
+    return params
 
 
 def detach(app_name: AppArg, address: AddressOpt = None) -> None:

@@ -104,8 +104,7 @@ def live_options(app: str, config: Any = None, policy: str = "sair", *,
     here, so a misspelt setting is an error on the driver, not a retrying actor."""
     info = get_live(policy)  # PolicyError on the driver, not a retrying actor
     params = dict(policy_params or {})
-    if params:
-        check_params(info, params)
+    check_params(info, params)
     base = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     prof = None
     if profile is not None:

@@ -111,7 +111,7 @@ class ServeAdmin:
         except net.InsecureURL as e:   # the Ray token, in clear text to another host
             raise ServeAdminError(f"{e} (the Ray auth token)") from None
         except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:500]
+            detail = _excerpt(e.read().decode(errors="replace"))
             raise ServeAdminError(f"{method} {self.url}{path} -> HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -138,6 +138,15 @@ class ServeAdmin:
     def deploy(self, config: Mapping[str, Any]) -> None:
         """Apply a whole declarative Serve config (every declaratively deployed app)."""
         self._request("PUT", "/api/serve/applications/", dict(config))
+
+
+def _excerpt(text: str, head: int = 300, tail: int = 1200) -> str:
+    """An error body short enough for a message: its start (what failed) and its end (a
+    dashboard's Python traceback ends with the cause, which a cut after the start loses)."""
+    text = text.strip()
+    if len(text) <= head + tail + 20:
+        return text
+    return f"{text[:head]} [... {len(text) - head - tail} characters ...] {text[-tail:]}"
 
 
 def _ray_auth_headers() -> dict[str, str]:

@@ -99,8 +99,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         n = int(self.headers["Content-Length"])
         _Handler.bodies.append((self.path, json.loads(self.rfile.read(n))))
-        code = 412 if "locked" in self.path else 200
-        body = b'{"error": "external scaler disabled"}' if code == 412 else b'{"message": "ok"}'
+        code = 412 if "locked" in self.path else 500 if "crash" in self.path else 200
+        body = (b'{"error": "external scaler disabled"}' if code == 412 else
+                b"Traceback (most recent call last):\n" + b"  frame\n" * 400
+                + b"RuntimeError: the cause" if code == 500 else b'{"message": "ok"}')
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -129,6 +131,12 @@ def test_admin_errors_carry_status_and_reason(server: str) -> None:
         ServeAdmin(server).scale("locked", "pre", 2)
     with pytest.raises(ServeAdminError, match="cannot reach the Ray dashboard"):
         ServeAdmin("127.0.0.1:9", timeout_s=2).details()
+    # a long traceback keeps its start and its end, where the cause is
+    with pytest.raises(ServeAdminError) as e:
+        ServeAdmin(server).scale("crash", "pre", 2)
+    msg = str(e.value)
+    assert "HTTP 500: Traceback" in msg and msg.endswith("RuntimeError: the cause")
+    assert "characters ...]" in msg and len(msg) < 1700
 
 
 def test_a_round_reads_the_dashboard_once(details: dict) -> None:

@@ -5,7 +5,7 @@ SAIR's cooldowns) vs the threshold rule, N seeds, all methods of a seed at the s
     .venv/bin/python benchmarks/bench_live.py [--profile image_classification]
         [--methods sair-retrieval,serve,serve-cooldowns,threshold] [--patterns burst,ramp]
         [--seeds 0,1,2] [--duration 900] [--time-scale 10] [--base R] [--spike R]
-        [--out runs/bench-live] [--quick]
+        [--out runs/bench-live] [--quick] [--twin]
 
 One local Ray (`sair_ray.emulate.partitioned_ray`): a head node with the dashboard, Serve's
 controller and its one HTTP proxy, and one logical node per (pattern, method) *arm*, each
@@ -51,6 +51,11 @@ the same seed (paired), with their intervals, and whether SAIR met issue 16's ta
 equal or higher attainment, p99 <= 0.8x and replica-seconds <= 1.0x Serve's). Outputs in
 --out: runs.json (rewritten after every seed), results.md. Everything is labelled
 "emulated compute".
+
+`--twin`: the same cells on the simulator instead (no Ray, seconds): the time-scaled profile,
+the pattern's requests in live seconds, the SAIR and threshold arms' controller config and
+settings; Serve's autoscaler as the simulator's transcription of its policy (`ray_serve`,
+with the arm's delays, deciding every --interval s). Labelled "simulator twin".
 
 `--quick` (the test's mode): one seed, burst only, 8 s of light load, 3 s SAIR rounds,
 short Serve delays, cold starts x 0.02 (and no warm initial deployment); a smoke run, not a
@@ -131,6 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="keep the seeds --out/runs.json already holds complete (every arm, "
                          "no error) and run only the others")
     ap.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
+    ap.add_argument("--twin", action="store_true",
+                    help="run the same cells on the simulator instead (no Ray; seconds): "
+                         "the live ranking's simulated counterpart")
     ap.add_argument("--summary", nargs="+", type=Path, metavar="DIR",
                     help="print one table of every cell (profile x pattern) in these earlier "
                          "--out directories and exit; runs nothing")
@@ -226,6 +234,16 @@ def sair_profile_file(a: argparse.Namespace, out: Path) -> Path:
     return path
 
 
+def controller_config(a: argparse.Namespace) -> dict[str, Any]:
+    """The SAIR config of a controller attached to an arm (SAIR's and the threshold rule's):
+    one round every --interval s, cooldowns 15 s up / 60 s down, replicas capped at
+    --max-replicas, safe exploration, Serve's own metrics."""
+    return {"loop": {"decision_interval_s": a.interval, "settle_s": min(5.0, a.interval / 3)},
+            "validator": {"replicas_max": a.max_replicas, "cooldown_up_s": COOLDOWN_UP_S,
+                          "cooldown_down_s": COOLDOWN_DOWN_S},
+            "exploration": {"safe": True}, "pipeline": {"metrics": "serve"}}
+
+
 def policy_params(method: str, a: argparse.Namespace) -> dict[str, float]:
     """The threshold rule's p99 thresholds: the sweep's for the profile (its own defaults
     where the sweep has none), stretched by the time scale like the SLA and the service
@@ -317,12 +335,7 @@ def run_seed(seed: int, arm_list: list[Arm], a: argparse.Namespace, dashboard: s
                 continue
             from sair_ray.live import attach
 
-            scfg = {"loop": {"decision_interval_s": a.interval,
-                             "settle_s": min(5.0, a.interval / 3)},
-                    "validator": {"replicas_max": a.max_replicas,
-                                  "cooldown_up_s": COOLDOWN_UP_S,
-                                  "cooldown_down_s": COOLDOWN_DOWN_S},
-                    "exploration": {"safe": True}, "pipeline": {"metrics": "serve"}}
+            scfg = controller_config(a)
             data_dirs.append(Path(tempfile.mkdtemp(prefix=f"sair-{arm.app(seed)}-")))
             params = policy_params(arm.method, a)
             handles[i] = attach(arm.app(seed), scfg, arm.method, profile=str(profile_file),
@@ -444,6 +457,75 @@ def summarise(results: list[Any], samples: list[dict[str, Any]], prof: Any,
             "samples": len(samples)}
 
 
+# -- the simulator's twin of a cell ---------------------------------------------------------------
+TWIN = "simulator twin"
+
+
+def twin_profile(a: argparse.Namespace) -> Any:
+    """The profile as the live cell runs it, for the simulator: replica moves only, replicas
+    capped as the controller reads them, service times and SLA x the time scale, cold
+    starts x the cold-start scale. The emulated app's ingress stage (`controller_profile`)
+    is left out: the simulator's pipeline starts at the first stage."""
+    from sair_ray.emulate import controller_profile, scale_profile
+    from sair_ray.profiles.loader import profile_from_dict
+
+    data = controller_profile(a.profile, 1.0, replicas_max=a.max_replicas)
+    data["stages"] = [st for st in data["stages"] if st["name"] != "ingress"]
+    return scale_profile(profile_from_dict(data, source=a.profile), a.time_scale,
+                         a.cold_start_scale)
+
+
+def run_twin_seed(seed: int, arm_list: list[Arm], a: argparse.Namespace
+                  ) -> list[dict[str, Any]]:
+    """Every arm of a seed on the simulator (`sair_ray.bench.grid.run_scenario`), with what
+    the live arm has: the time-scaled profile, the pattern's workload in live seconds,
+    SAIR's and the threshold rule's controller config and settings; Serve's autoscaler is
+    the simulator's transcription of its policy (`ray_serve`, with the arm's delays),
+    deciding every --interval s where real Serve decides continuously on a 30 s average."""
+    from sair_ray import registry
+    from sair_ray.bench.grid import PERMISSIVE_VALIDATOR, Scenario, run_scenario
+    from sair_ray.config import SAIRConfig
+
+    prof = twin_profile(a)
+    cpu_m = {n: al.cpu_m for n, al in prof.pipeline.initial_allocation().items()}
+    ctl = controller_config(a)
+    del ctl["pipeline"]      # how a live controller reads metrics; the simulator has its own
+    recs = []
+    for arm in arm_list:
+        wl = workload(a, arm.pattern)
+        if arm.method in SERVE_METHODS:
+            name, learns = "ray_serve", False
+            params: dict[str, Any] = {k: v for k, v in
+                                      (serve_autoscaling(arm.method, a) or {}).items()
+                                      if k.endswith("_delay_s")}
+            cfg = SAIRConfig.from_dict({"loop": ctl["loop"]}).replace(
+                seed=seed, **PERMISSIVE_VALIDATOR)
+        else:
+            name, learns = arm.method, registry.get(arm.method).learns
+            params = policy_params(arm.method, a)
+            cfg = SAIRConfig.from_dict(ctl).replace(seed=seed, **{"memory.fsync": False})
+        policy = registry.make_policy(name, cfg, pipeline=prof.pipeline, profile=prof,
+                                      workload=wl, **params)
+        sc = Scenario(app=prof.name, pattern=arm.pattern, seed=seed, method=name,
+                      hours=a.duration / 3600.0)
+        row = run_scenario(sc, prof, wl, cfg, policy, learn=learns)
+        rep_s = {n: float(r) * a.duration for n, r in row["replicas_by_stage"].items()}
+        recs.append({"method": arm.method, "pattern": arm.pattern, "seed": seed,
+                     "label": TWIN, "policy_params": params, "ok": int(row["completed"]),
+                     "counts": {"arrivals": int(row["arrivals"]),
+                                "completed": int(row["completed"]),
+                                "drops": int(row["drops"]), "errors": int(row["errors"])},
+                     "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"],
+                     "sla_ms": prof.pipeline.sla_ms,
+                     # completed within the SLA over every arrival, as live counts it
+                     "attainment": row["sla_attainment"] * row["completed"]
+                     / max(1, row["arrivals"]),
+                     "replica_s": rep_s, "replica_s_total": sum(rep_s.values()),
+                     "cpu_s": sum(v * cpu_m[n] / 1000.0 for n, v in rep_s.items()),
+                     "usd_per_1000_ok": row["usd_per_1k_effective"]})
+    return recs
+
+
 # -- aggregation --------------------------------------------------------------------------------
 METRICS = (("p50_ms", "p50 ms", 0), ("p99_ms", "p99 ms", 0), ("attainment", "SLA attainment", 3),
            ("replica_s_total", "replica-s", 0), ("cpu_s", "CPU-s", 0),
@@ -504,14 +586,20 @@ def target_met(row: dict[str, Any]) -> bool | None:
 
 def markdown(agg: dict[str, dict[str, dict[str, Any]]], a: argparse.Namespace,
              cmd: str) -> str:
-    lines = [f"# Live autoscaling, emulated compute: {a.profile}", "",
+    where = (f"the {len(arms(a))} arms of a seed (patterns x methods) ran at the same time, "
+             f"each on its own logical node shaped like the profile's cluster, on one Ray on "
+             f"{os.cpu_count()} cores.")
+    if a.twin:
+        where = ("every arm ran on the simulator with the live cell's time-scaled profile, "
+                 "workload and controller settings; `serve` and `serve-cooldowns` are the "
+                 "simulator's transcription of Serve's policy (`ray_serve`), deciding every "
+                 f"{a.interval:g} s.")
+    title = TWIN if a.twin else "Live autoscaling, emulated compute"
+    lines = [f"# {title}: {a.profile}", "",
              f"Command: `{cmd}`", "",
              f"{a.duration:g} s of load per run; seeds {a.seeds}; time scale "
              f"{a.time_scale:g} (service times x {a.time_scale:g}, rates / "
-             f"{a.time_scale:g}), cold-start scale {a.cold_start_scale:g}; the "
-             f"{len(arms(a))} arms of a seed (patterns x methods) ran at the same time, each "
-             f"on its own logical node shaped like the profile's cluster, on one Ray on "
-             f"{os.cpu_count()} cores."
+             f"{a.time_scale:g}), cold-start scale {a.cold_start_scale:g}; " + where
              + (" QUICK smoke run: not a result." if a.quick else ""), ""]
     if "threshold" in a.method_list:
         t = policy_params("threshold", a)
@@ -550,8 +638,9 @@ def markdown(agg: dict[str, dict[str, dict[str, Any]]], a: argparse.Namespace,
                           + "."]
         lines.append("")
     lines += ["± : half-width of the 95 % confidence interval over seeds (Student t).",
-              "Labelled: emulated compute (replicas wait out the profile's service times; "
-              "the control plane is real Ray Serve)."]
+              f"Labelled: {TWIN} (no Ray: the simulator, the live cell's settings)." if a.twin
+              else "Labelled: emulated compute (replicas wait out the profile's service "
+                   "times; the control plane is real Ray Serve)."]
     return "\n".join(lines) + "\n"
 
 
@@ -580,12 +669,14 @@ def summary(dirs: list[Path]) -> str:
              "SAIR replica-s / Serve's | attainment SAIR, Serve | target met: means | "
              "seeds |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     cells = met_cells = 0
+    labels: set[str] = set()
     for d in dirs:
         runs_path, prof_path = d / "runs.json", d / "sair-profile.yaml"
         if not runs_path.is_file() or not prof_path.is_file():
             raise SystemExit(f"{d}: no runs.json and sair-profile.yaml there: not an --out "
                              "directory of this benchmark")
         runs = json.loads(runs_path.read_text())
+        labels |= {r.get("label", "") for r in runs}
         ctl = yaml.safe_load(prof_path.read_text())
         scale = float(ctl["sla_ms"]) / load_profile(ctl["name"]).pipeline.sla_ms
         patterns = [p for p in PATTERNS if any(r.get("pattern") == p for r in runs)]
@@ -605,8 +696,11 @@ def summary(dirs: list[Path]) -> str:
               f"{TARGET_P99_RATIO:g}x and replica-seconds <= {TARGET_REPLICA_S_RATIO:g}x "
               f"Serve's default autoscaler, paired by seed) met on the means in {met_cells} "
               f"of {cells} cells run. ± : half-width of the 95 % confidence interval over "
-              "seeds (Student t). Emulated compute: replicas wait out the profile's service "
-              "times; the control plane is real Ray Serve."]
+              "seeds (Student t)."
+              + (" Emulated compute: replicas wait out the profile's service times; the "
+                 "control plane is real Ray Serve." if labels - {TWIN} else "")
+              + (f" {TWIN.capitalize()}: the simulator with the live cells' settings, Serve's "
+                 "autoscaler as its transcription (`ray_serve`)." if TWIN in labels else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -651,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "benchmarks/bench_live.py " + " ".join(
         x for x in (sys.argv[1:] if argv is None else argv) if x != "--resume")
     arm_list = arms(a)
+    if a.twin:
+        return main_twin(a, arm_list, cmd.strip())
     runs = kept_runs(a.out / "runs.json", arm_list, a.seed_list) if a.resume else []
     todo = [s for s in a.seed_list if s not in {r["seed"] for r in runs}]
     if runs:
@@ -675,6 +771,21 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "runs.json").write_text(json.dumps(_clean(runs), indent=1))
     print(text)
     return 0 if all(_ok(r) for r in runs) else 1
+
+
+def main_twin(a: argparse.Namespace, arm_list: list[Arm], cmd: str) -> int:
+    say(f"{a.profile}: {len(arm_list)} arms ({', '.join(a.pattern_list)} x "
+        f"{', '.join(a.method_list)}) x seeds {a.seed_list}, {a.duration:g} s each; {TWIN}")
+    sair_profile_file(a, a.out)   # the controller's profile: --summary reads its SLA scale
+    runs: list[dict[str, Any]] = []
+    for seed in a.seed_list:
+        runs += run_twin_seed(seed, arm_list, a)
+        say(f"seed {seed} done")
+    (a.out / "runs.json").write_text(json.dumps(_clean(runs), indent=1))
+    text = markdown(aggregate(runs, a.method_list, a.pattern_list), a, cmd)
+    (a.out / "results.md").write_text(text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":

@@ -5,24 +5,20 @@ the tables re-run: `benchmarks/bench_live.py ... --twin`, the command in each re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks" / "bench_live.py"
 PUBLISHED = sorted((ROOT / "docs" / "results").glob("twin-*"))
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_live_twin", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_live")
 
 
 def test_quick_twin_runs_every_method_and_is_labelled(tmp_path: Path, capsys) -> None:

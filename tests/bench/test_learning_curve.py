@@ -3,23 +3,17 @@ the files are written."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from sair_ray.bench.grid import BURST_PERIOD_S
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_learning_curve.py"
+from tests.scripts import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_learning_curve", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_benchmark("bench_learning_curve")
 
 
 def test_learning_curve_quick_mode(tmp_path: Path) -> None:

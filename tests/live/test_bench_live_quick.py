@@ -8,13 +8,13 @@ result."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from tests.ray_harness import free_port
+from tests.scripts import load_benchmark
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("aiohttp")
@@ -25,11 +25,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_live.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_live", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_live")
 
 
 def test_mean_ci() -> None:

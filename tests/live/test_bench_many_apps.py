@@ -7,30 +7,23 @@ are in docs/reliability.md and docs/benchmarks.md."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_benchmark
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("aiohttp")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_many_apps.py"
-
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_many_apps", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_many_apps"] = mod   # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_many_apps")
 
 
 def test_round_delays_and_roles() -> None:

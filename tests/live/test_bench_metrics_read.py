@@ -6,26 +6,19 @@ machine most of a read is the Ray agent rendering its whole metrics page (docs/m
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from tests.ray_harness import free_port, private_ray
+from tests.scripts import load_benchmark
 
 pytest.importorskip("ray.serve")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_metrics_read.py"
-
 
 @pytest.mark.timeout(150)
 def test_metrics_read_benchmark_quick_mode(capsys) -> None:
-    spec = importlib.util.spec_from_file_location("bench_metrics_read", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_metrics_read")
     with private_ray(2, metrics_export_port=free_port(),
                      _system_config={"metrics_report_interval_ms": 1000}):
         out = bench.main(["--quick"])

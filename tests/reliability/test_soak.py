@@ -6,24 +6,17 @@ the process's RSS keep growing. The 30-minute run and its numbers: docs/reliabil
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import ModuleType
 
 import pytest
 
-from tests.reliability.bad_inputs import ROOT
+from tests.scripts import load_benchmark
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def soak_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak_sim", ROOT / "benchmarks" / "soak_sim.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["soak_sim"] = mod   # dataclasses look their module up while it executes
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("soak_sim")
 
 
 def test_memory_and_rss_stay_bounded_at_10x_load(tmp_path):

@@ -7,14 +7,12 @@ bound holds over this short run; the 10-minute run and its numbers are in docs/r
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from types import ModuleType
 
 import pytest
 
-from tests.reliability.bad_inputs import ROOT
+from tests.scripts import load_benchmark
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("aiohttp")
@@ -23,13 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300
 
 
 def soak_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak_live",
-                                                  ROOT / "benchmarks" / "soak_live.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["soak_live"] = mod   # dataclasses look their module up while it executes
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("soak_live")
 
 
 def test_short_live_soak_samples_every_process_and_stays_bounded(tmp_path) -> None:

@@ -23,6 +23,7 @@ from sair_ray.sim.fork import (
     state_signature,
 )
 from sair_ray.types import StageAllocation as A
+from tests.scripts import load_benchmark
 
 APP = "nlp_analysis"   # batching GPU stage, 45 s cold starts, three stages
 
@@ -173,14 +174,7 @@ def test_fork_cost_is_small_and_does_not_grow_with_the_run():
 
 def test_counterfactual_benchmark_quick_mode(capsys):
     """benchmarks/bench_counterfactual.py --quick runs and reports every figure."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_counterfactual.py"
-    spec = importlib.util.spec_from_file_location("bench_counterfactual", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_counterfactual")
     (r,) = bench.main(["--quick"])
     assert r["profile"] == APP and 0 < r["fork_ms"] < r["deepcopy_ms"]
     assert r["alternatives_per_s"] > 1

@@ -4,7 +4,6 @@ the whole memory while a big rebuild runs in the background."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,10 +27,10 @@ from sair_ray.eviction import enforce_cap
 from sair_ray.memory import ExperienceMemory
 from sair_ray.retrieval import Retriever
 from sair_ray.types import Experience
+from tests.scripts import load_benchmark
 
 DIM = 6
 K = 4
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def exp(i: int, rng: np.random.Generator) -> Experience:
@@ -455,11 +454,7 @@ def test_failed_background_rebuild_is_redone_in_place(tmp_path, monkeypatch, cap
 
 def test_restart_benchmark_quick_mode(capsys):
     """benchmarks/bench_memory_restart.py --quick: every case takes the path it measures."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_memory_restart", ROOT / "benchmarks" / "bench_memory_restart.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_memory_restart")
     (result,) = bench.main(["--quick"])
     assert [c["source"] for c in result["cases"]] == [
         "rebuilding", "snapshot", "stale snapshot", "rebuilding"]

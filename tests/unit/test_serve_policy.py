@@ -21,6 +21,7 @@ from ray.serve.autoscaling_policy import (  # noqa: E402
 from ray.serve.config import AutoscalingConfig, AutoscalingContext  # noqa: E402
 
 from sair_ray import serve as sp  # noqa: E402
+from tests.scripts import load_benchmark
 
 NOW = 1_000_000.0
 APP = "shop"
@@ -168,14 +169,7 @@ def test_without_ray_publishing_and_reading_are_no_ops() -> None:
 def test_policy_call_benchmark_quick_mode(capsys) -> None:
     """benchmarks/bench_serve_policy.py --quick: every case runs, far under the 1 ms target
     at the median (p99 on a loaded CI machine is left to the published run)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_serve_policy.py"
-    spec = importlib.util.spec_from_file_location("bench_serve_policy", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_serve_policy")
     out = bench.main(["--quick"])
     assert set(out["cases"]) == {"plan", "fallback", "plan+wrapper"}
     assert all(r["p50_us"] < 1000 for r in out["cases"].values())

@@ -11,6 +11,7 @@ and works without the optional extras.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 
 import typer
@@ -27,3 +28,17 @@ def register_all(app: typer.Typer) -> None:
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in HELPERS)
     for mod in [*FIRST, *(n for n in names if n not in FIRST)]:
         importlib.import_module(f"{__name__}.{mod}").register(app)
+    reflow_help(app)
+
+
+def reflow_help(app: typer.Typer) -> None:
+    """Set every command's help (of `app` and of its groups) to its docstring with each
+    paragraph on one line: Typer's rich help keeps a paragraph's line breaks (all but the
+    first paragraph's in a command's own help, and the first's in a group's command list),
+    so the docstrings' source wrapping would break sentences mid-line on screen."""
+    for cmd in app.registered_commands:
+        doc = cmd.help or inspect.getdoc(cmd.callback) or ""
+        cmd.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)

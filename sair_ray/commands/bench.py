@@ -106,13 +106,15 @@ def bench(
         ] = None,
 ) -> None:
     """Run methods x apps x patterns x seeds on the simulator; write results.parquet,
-    results.md (means over seeds) and figures to --out. Ctrl-C stops and keeps finished
-    runs. --sweep tunes the baselines, --ablation runs SAIR variants, --bottleneck-eval
-    scores the bottleneck analyser, --log-dir keeps each run's decision log, --regret
-    splits each round's regret into coverage gap and selection error.
-    Bench your own pipeline on your own trace: sair bench --apps ./my_pipeline.yaml,nlp_analysis
-    --workload trace:./my_trace.csv,rate_scale=2.5,loop=true (same tables and figures;
-    --sweep --apps ./my_pipeline.yaml tunes the baselines for it, --tuned uses the result)."""
+    results.md (means over seeds) and figures to --out.
+
+    Ctrl-C stops and keeps finished runs. --sweep tunes the baselines, --ablation runs
+    SAIR variants, --bottleneck-eval scores the bottleneck analyser, --log-dir keeps each
+    run's decision log, --regret splits each round's regret into coverage gap and
+    selection error. Bench your own pipeline on your own trace: sair bench --apps
+    ./my_pipeline.yaml,nlp_analysis --workload trace:./my_trace.csv,rate_scale=2.5,loop=true
+    (same tables and figures; --sweep --apps ./my_pipeline.yaml tunes the baselines for
+    it, --tuned uses the result)."""
     command = _command_line()
     _check_modes(sweep=sweep, ablation=bool(ablation), bottleneck_eval=bottleneck_eval,
                  log_dir=log_dir)

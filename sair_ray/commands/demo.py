@@ -47,9 +47,11 @@ def demo(
 ) -> None:
     """Start local Ray, deploy image_classification with SAIR attached, drive a burst
     workload with a live table, write the `sair report` HTML page of the run and a summary
-    of the load, the SLA per load phase and the decisions, shut everything down. By
-    default the app's replicas emulate their compute (they wait out the profile's service
-    times, docs/emulation.md), so that scaling out adds capacity on a small machine."""
+    of the load, the SLA per load phase and the decisions, shut everything down.
+
+    By default the app's replicas emulate their compute (they wait out the profile's
+    service times, docs/emulation.md), so that scaling out adds capacity on a small
+    machine."""
     import logging
 
     from sair_ray.live.demo import DemoOptions, check_summary, run_demo, sla_note

@@ -57,3 +57,30 @@ def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "sair_ray.cli", "--help"], capture_output=True,
                          text=True, check=True)
     assert "config" in out.stdout and "memory" in out.stdout
+
+
+def _commands(group, path=()):
+    """(path, click command) of every command under `group`, groups included."""
+    for name, cmd in group.commands.items():
+        yield (*path, name), cmd
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+
+
+def test_help_texts_are_paragraphs_not_source_lines():
+    # Typer's rich help keeps a help text's line breaks: a docstring's source wrapping
+    # would show as sentences broken mid-line in `sair --help` and `sair X --help`.
+    import typer
+
+    root = typer.main.get_command(app)
+    listed = 0
+    for path, cmd in _commands(root):
+        for para in (cmd.help or "").split("\n\n"):
+            assert "\n" not in para, (path, para)
+        listed += 1
+    assert listed >= 14
+    # the command list shows each command's first paragraph, whole
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "Start local Ray, deploy image_classification with SAIR attached, drive a burst " \
+        "workload with a live table" in res.stdout

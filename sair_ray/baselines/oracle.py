@@ -189,11 +189,17 @@ class Oracle:
         # Fast path: fronts in (cost, latency) per GPU count. The cheapest combination on
         # them is optimal unless it breaks the cluster's CPU or memory; only then merge
         # again keeping everything not dominated in CPU and memory too (slower, exact).
+        # A partial combination that, with the least the stages still to come need, cannot
+        # fit the cluster is dropped as it is made: no later stage can make it fit, and
+        # without this the exact fronts of a five-stage pipeline grow to 10^5 options.
+        rest = _least_after(options)
         for exact in (False, True):
             merged = pareto_front(options[0], exact)
-            for opts in options[1:]:
-                merged = pareto_front([_combine(a, b) for a in merged
-                                       for b in pareto_front(opts, exact)], exact)
+            for i, opts in enumerate(options[1:], start=1):
+                front = pareto_front(opts, exact)
+                merged = pareto_front([c for a in merged for b in front
+                                       if self._fits(c := _combine(a, b), not exact, rest[i])],
+                                      exact)
             best, ok = self._pick(merged, ignore_cpu_mem=not exact)
             if best is None:
                 return None
@@ -202,11 +208,15 @@ class Oracle:
                 return Plan(alloc, best.cost, best.latency_s, ok, lam)
         return None  # pragma: no cover - the exact pass always returns
 
-    def _fits(self, o: Option, ignore_cpu_mem: bool = False) -> bool:
+    def _fits(self, o: Option, ignore_cpu_mem: bool = False,
+              more: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> bool:
+        """Whether `o`, with `more` (CPUs, memory, GPUs) on top, fits the cluster."""
         c = self.pipeline.cluster
-        if o.gpus > c.gpus + 1e-9:
+        cpus, mem_mb, gpus = more
+        if o.gpus + gpus > c.gpus + 1e-9:
             return False
-        return ignore_cpu_mem or (o.cpus <= c.cpus + 1e-9 and o.mem_mb <= c.memory_mb + 1e-9)
+        return ignore_cpu_mem or (o.cpus + cpus <= c.cpus + 1e-9
+                                  and o.mem_mb + mem_mb <= c.memory_mb + 1e-9)
 
     def _pick(self, merged: Sequence[Option], ignore_cpu_mem: bool) -> tuple[Option | None,
                                                                              bool]:
@@ -264,12 +274,30 @@ def pareto_front(options: Sequence[Option], exact: bool = False) -> list[Option]
                     out.append(o)
                     best_lat = o.latency_s
             continue
-        kept: list[Option] = []
+        # (latency, CPUs, memory) of the options kept so far, as arrays: one vector test
+        # per option instead of a Python loop over everything kept
+        kept = np.empty((len(group), 3))
+        n = 0
         for o in group:
-            if not any(k.latency_s <= o.latency_s and k.cpus <= o.cpus and k.mem_mb <= o.mem_mb
-                       for k in kept):
-                kept.append(o)
-        out.extend(kept)
+            if n and np.any((kept[:n, 0] <= o.latency_s) & (kept[:n, 1] <= o.cpus)
+                            & (kept[:n, 2] <= o.mem_mb)):
+                continue
+            kept[n] = (o.latency_s, o.cpus, o.mem_mb)
+            n += 1
+            out.append(o)
+    return out
+
+
+def _least_after(options: Sequence[Sequence[Option]]) -> list[tuple[float, float, float]]:
+    """Per stage index i, the least CPUs, memory and GPUs the stages after i need
+    together (each stage's smallest of each, not necessarily from one option)."""
+    out = [(0.0, 0.0, 0.0)] * len(options)
+    cpus = mem_mb = gpus = 0.0
+    for i in range(len(options) - 1, -1, -1):
+        out[i] = (cpus, mem_mb, gpus)
+        cpus += min(o.cpus for o in options[i])
+        mem_mb += min(o.mem_mb for o in options[i])
+        gpus += min(o.gpus for o in options[i])
     return out
 
 

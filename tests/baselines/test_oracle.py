@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +108,36 @@ def test_proposal_shape_passes_the_validator_in_both_dimensions():
     v = Validator(prof.pipeline, ValidatorConfig())
     out = v.validate(prop, r.context.allocation, now=0.0, free=r.free)
     assert out.targets["inference"].rate < 1.0
+
+
+FIVE = profile(
+    stage("decode", service={"dist": "gamma", "mean_ms": 180, "cv": 0.5},
+          parallel_fraction=0.3),
+    stage("features", service={"dist": "lognormal", "mean_ms": 90, "cv": 0.3},
+          parallel_fraction=0.6),
+    stage("asr", kind="gpu", rate=1.0, cpu_m=2000, mem_mb=8192,
+          service={"dist": "lognormal", "mean_ms": 60, "cv": 0.3},
+          batch={"max_size": 16, "overhead_ms": 40}),
+    stage("summarise", kind="gpu", rate=1.0, cpu_m=2000, mem_mb=8192,
+          service={"dist": "lognormal", "mean_ms": 350, "cv": 1.2}),
+    stage("format", cpu_m=500, service={"dist": "lognormal", "mean_ms": 20, "cv": 0.4},
+          parallel_fraction=0.2),
+    sla_ms=6000, cluster={"cpus": 32, "memory_mb": 131072, "gpus": 3})
+
+
+@pytest.mark.timeout(60)
+def test_five_stages_with_the_cluster_binding_plan_in_seconds():
+    # 4.5 req/s: no allocation meets the SLA and the fastest one breaks the 32 CPUs, so the
+    # exact (CPU-aware) merge runs over five stages; it took over 5 minutes per plan while
+    # partial combinations that could no longer fit the cluster were kept (2.3 s now).
+    o = Oracle(FIVE, Poisson(4.5), n_samples=4000)
+    t0 = time.perf_counter()
+    plan = o.plan(4.5)
+    assert time.perf_counter() - t0 < 30
+    assert not plan.feasible and math.isfinite(plan.latency_s)
+    alloc = plan.allocation.values()
+    c = FIVE.pipeline.cluster
+    assert sum(a.replicas * a.cpu_m for a in alloc) <= c.cpus * 1000
+    assert sum(a.replicas * a.mem_mb for a in alloc) <= c.memory_mb
+    assert sum(a.replicas for n, a in plan.allocation.items()
+               if n in ("asr", "summarise")) <= c.gpus

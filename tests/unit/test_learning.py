@@ -274,6 +274,25 @@ def test_window_after_a_scale_up_is_charged_to_the_allocation_before() -> None:
     assert lr.table.alloc_counts(bucket(20.0, CFG.bucket_base), alloc(2)).n == 0
 
 
+def test_a_backlog_from_before_that_the_window_cleared_is_not_its_miss() -> None:
+    # one inference replica let 80 requests queue; two cleared them within the next window,
+    # whose p99 is the backlog's wait: not a miss of two replicas (charged to them, two
+    # would have been kept for good at this load: a scale-down below them vetoed)
+    lr = learner()
+    b = bucket(20.0, CFG.bucket_base)
+    ctx = window(0.0, alloc(2), 2000.0)
+    backlog = ctx.__class__(**{**ctx.__dict__, "stages": tuple(
+        s.__class__(**{**s.__dict__, "queue": 80.0}) if s.name == "inference" else s
+        for s in ctx.stages)})
+    cleared = window(30.0, alloc(2), 2000.0)
+    lr.observe(backlog, Action(), cleared, analyse(cleared, P))
+    assert lr.table.alloc_counts(b, alloc(2)).n == 0
+    # a miss that leaves requests waiting is the allocation's own
+    still = backlog.__class__(**{**backlog.__dict__, "time": 60.0})
+    lr.observe(backlog, Action(), still, analyse(still, P))
+    assert lr.table.alloc_counts(b, alloc(2)).fail == 1
+
+
 def test_hints_and_to_proposal() -> None:
     lr = learner()
     t = feed(lr, alloc(1), [200.0] * 3)

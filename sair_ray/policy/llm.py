@@ -49,6 +49,21 @@ from sair_ray.types import Context, PipelineSpec
 
 log = logging.getLogger(__name__)
 
+class _NotTruncation(logging.Filter):
+    """Drops DSPy's warning that a reply reached max_tokens: the caps above are deliberate
+    and a cut reply is read from its raw text (`_chosen`), so the warning, repeated for
+    every such round, only buried a bench's or a controller's own output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("LM response was truncated")
+
+
+def _drop_truncation_warnings() -> None:
+    lm_log = logging.getLogger("dspy.clients.lm")
+    if not any(isinstance(f, _NotTruncation) for f in lm_log.filters):
+        lm_log.addFilter(_NotTruncation())
+
+
 _LABEL_FIELD = re.compile(r'"action"\s*:\s*"([^"]{1,80})"')
 MAX_TOKENS = 160  # a full 3-stage action + one sentence is ~90 tokens with the grammar
 # A label reply is {"action": <label, <= 10 tokens>, "rationale": <= 60 chars}: ~35 tokens.
@@ -181,6 +196,7 @@ class LLMPolicy:
         # stack adds, and the OpenAI SDK otherwise lets an ambient OPENAI_CUSTOM_HEADERS
         # "Authorization" replace the configured key (seen with openai 3.63). LiteLLM masks
         # both in its debug logs; error texts are masked in decide().
+        _drop_truncation_warnings()
         self._lm = dspy.LM(f"openai/{ep.model}", api_base=ep.url, api_key=ep.api_key,
                            extra_headers={"Authorization": f"Bearer {ep.api_key}"},
                            temperature=self.cfg.policy.temperature, max_tokens=MAX_TOKENS,

@@ -302,3 +302,30 @@ def test_the_key_is_in_no_log_decision_record_or_error(tmp_path, caplog, capsys,
                         "stderr": printed.err, "files": written.decode("latin-1"),
                         "decisions": repr(decisions)}.items():
         assert key not in text, f"the API key leaked into {where}"
+
+
+def test_a_reply_cut_at_max_tokens_is_read_without_dspys_warning():
+    # the token caps are deliberate and a cut reply's label is read from its raw text, so
+    # DSPy's "LM response was truncated" warning, once per such round, is dropped (its
+    # "dspy" logger does not propagate: listen on the logger that warns)
+    seen: list[str] = []
+
+    class Listen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    cut = completion('{"action": "relieve preprocess", "rationale": "scale the bottle')
+    cut["choices"][0]["finish_reason"] = "length"
+    lm_log, listen = logging.getLogger("dspy.clients.lm"), Listen()
+    lm_log.addHandler(listen)
+    try:
+        with serving() as srv:
+            pol = policy(srv.url)
+            srv.behaviour = lambda req: (200, cut, 0.0)
+            out = pol.decide(request(ctx=overloaded()))
+            lm_log.warning("a warning that is not about truncation")
+    finally:
+        lm_log.removeHandler(listen)
+    assert out.proposal["preprocess"] == {"action": "scale_replicas", "replicas": 3}
+    assert out.rationale.startswith("[relieve preprocess]")
+    assert seen == ["a warning that is not about truncation"]

@@ -28,6 +28,7 @@ import atexit
 import importlib.util
 import json
 import logging
+import multiprocessing.util
 import os
 import secrets
 import socket
@@ -229,6 +230,11 @@ def embedded_server(model_path: Path, threads: int | None = None) -> EmbeddedSer
             srv = EmbeddedServer(model_path, threads=threads)
             srv.start()
             _embedded[key] = srv
+            # atexit does not run in a multiprocessing child (a `sair bench --workers N`
+            # worker leaves through os._exit), multiprocessing's finalizers do: without
+            # this each worker's server outlived the bench (1 GB each, found after an
+            # LLM grid run)
+            multiprocessing.util.Finalize(srv, srv.stop, exitpriority=10)
         return srv
 
 

@@ -118,3 +118,27 @@ def test_a_port_taken_by_another_server_is_not_mistaken_for_ours(monkeypatch):
     finally:
         srv.stop()
         impostor.shutdown()
+
+
+def _start_and_report_pid() -> int:
+    srv = lm.embedded_server(lm.smollm2_path(), threads=1)
+    assert srv.running
+    return srv._proc.pid  # type: ignore[union-attr]
+
+
+def test_a_bench_workers_server_stops_when_the_worker_exits():
+    # `sair bench --workers N` runs controllers in pool workers, which leave through
+    # os._exit: atexit never ran there and every worker's llama.cpp server outlived the bench
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import psutil
+
+    with ProcessPoolExecutor(max_workers=1) as ex:
+        pid = ex.submit(_start_and_report_pid).result(timeout=120)
+        assert psutil.pid_exists(pid)
+    gone, alive = psutil.wait_procs([psutil.Process(pid)] if psutil.pid_exists(pid) else [],
+                                    timeout=15)
+    if alive:
+        os.kill(pid, 9)
+    assert not alive, "the worker's embedded server outlived it"
